@@ -1,0 +1,145 @@
+"""The `openhermes` command. Each subcommand is a few lines that call the modules."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="openhermes: reproduce OpenHermes 2.5 / LimaRP Mistral 7B end to end.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Prepare and inspect training data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+SET_HELP = "Override a recipe key: --set key=value (repeatable; values are YAML)."
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+def _recipe(recipe: str, overrides: list[str] | None):
+    from openhermes.config import RecipeError, load_recipe
+
+    try:
+        return load_recipe(recipe, overrides or [])
+    except RecipeError as e:
+        _fail(str(e))
+
+
+@data_app.command("prepare")
+def data_prepare(
+    recipe: str = typer.Argument("tiny", help="Recipe file or shipped recipe name."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for the prepared set (default: the cache)."),
+    strict: bool = typer.Option(False, help="Fail if any row would be dropped."),
+    set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP),
+) -> None:
+    """Read, check, tokenize and pack a recipe's data sets into a cached Arrow folder."""
+    from openhermes.data.checks import StrictError
+    from openhermes.data.inspect import inspect
+    from openhermes.data.prepare import prepare
+    from openhermes.model.load import ModelLoadError, load_tokenizer
+    from openhermes.train.run import ensure_base_model
+
+    r = _recipe(recipe, set_)
+    try:
+        tok = load_tokenizer(ensure_base_model(r), r.prompt_format, r.special_tokens, r.tokens)
+        prep = prepare(r, tok, out_dir=out, strict=strict)
+    except (StrictError, ModelLoadError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    console.print(f"{'cache hit' if prep.cache_hit else 'prepared'}: {prep.path}")
+    inspect(prep.path, console=Console())
+    details = prep.report["rows"]["details"]
+    for d in details[:20]:
+        console.print(f"  dropped {d['where']}: {d['reason']} {d['detail']}")
+    if len(details) > 20:
+        console.print(f"  … and {len(details) - 20} more (all in {prep.path / 'report.json'})")
+
+
+@data_app.command("inspect")
+def data_inspect(path: Path = typer.Argument(..., help="A prepared data folder."),
+                 row: int = typer.Option(0, help="Which train row to show.")) -> None:
+    """Show a prepared row with trained tokens highlighted, and the data statistics."""
+    from openhermes.data.inspect import inspect
+
+    try:
+        inspect(path, row, Console())
+    except (FileNotFoundError, IndexError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def train(
+    recipe: str = typer.Argument("tiny", help="Recipe file or shipped recipe name; default: the embedded tiny model."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default: the recipe's output_dir)."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in the output folder."),
+    nproc: int = typer.Option(1, min=1, help="Processes (data parallel / FSDP via torchrun)."),
+    report: bool = typer.Option(True, help="For the tiny default: compare trained and untrained on held-out items."),
+    set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP),
+) -> None:
+    """Fine-tune a base model from a recipe (full or LoRA); with no recipe, the embedded default."""
+    import os
+
+    from openhermes.model.load import ModelLoadError
+
+    r = _recipe(recipe, set_)
+    out_dir = out or Path(r.output_dir)
+    if nproc > 1:
+        from openhermes.train.launch import launch
+
+        raise typer.Exit(launch(r, recipe, out_dir, list(set_ or []), nproc, resume))
+    from openhermes.train.run import train as run_train
+
+    warnings.filterwarnings("ignore", message=".*mean_resizing.*")
+    try:
+        result = run_train(r, out_dir, resume=resume)
+    except (ModelLoadError, ValueError) as e:
+        _fail(str(e))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    console.print(f"model: {result.model_dir}\nlog: {result.log_path}\nloss curve: {result.plot_path}")
+    if report and r.base_model == "tiny":
+        _demo_report(r, result)
+
+
+def _demo_report(recipe, result) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from openhermes.data import demo
+    from openhermes.model.load import load_model
+    from openhermes.train import demo_report
+    from openhermes.train.run import ensure_base_model
+
+    sizes = [int(d.path.split(":")[2]) for d in recipe.datasets if d.path.startswith("demo:")]
+    items = demo.held_out(train_chat=sizes[0] if sizes else 0, train_roleplay=sizes[1] if len(sizes) > 1 else 0)
+    model_dir = result.model_dir
+    if result.is_adapter:
+        from openhermes.export.merge import merge_adapter
+
+        model_dir = merge_adapter(result.model_dir, result.out_dir / "merged")
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    trained = demo_report.score(AutoModelForCausalLM.from_pretrained(str(model_dir)), tok, items)
+    untrained_model, _ = load_model(ensure_base_model(recipe), tok)
+    untrained = demo_report.score(untrained_model, tok, items)
+    Console().print(demo_report.table(trained, untrained))
+
+
+@app.command()
+def merge(adapter: Path = typer.Argument(..., help="A peft adapter folder from `openhermes train`."),
+          out: Path = typer.Option(..., "--out", help="Folder for the merged full model."),
+          base: str | None = typer.Option(None, help="Base model (default: the one named in the adapter).")) -> None:
+    """Fold a LoRA adapter into full weights (safetensors) that plain transformers loads."""
+    from openhermes.export.merge import merge_adapter
+
+    try:
+        console.print(f"merged: {merge_adapter(adapter, out, base)}")
+    except (FileNotFoundError, OSError) as e:
+        _fail(str(e))
+
+
+if __name__ == "__main__":
+    app()

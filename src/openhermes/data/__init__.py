@@ -1,0 +1,1 @@
+"""The data road: records -> conversations -> checked -> tokens -> packed rows."""

@@ -1,0 +1,247 @@
+"""The data pipeline: read -> check -> mix -> tokenize -> fit -> split -> pack, cached by content.
+
+The prepared set is a `datasets` Arrow folder (train and, with val_set_size, validation) plus
+report.json. Its cache key hashes the input files' bytes, the tokenizer, the formats and every
+masking and packing setting, so any change prepares again (axolotl 1265, 341, 462)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xxhash
+from tqdm.auto import tqdm
+
+from openhermes.data import checks, demo, pack
+from openhermes.data.readers import read_records
+from openhermes.data.tokenize import ConversationTokenizer, Sample, fit_length
+
+PIPELINE_VERSION = "1"  # bump when the pipeline's output changes for the same inputs
+DEFAULT_CACHE = Path(os.environ.get("OPENHERMES_CACHE", Path.home() / ".cache" / "openhermes"))
+BATCH = 1000
+
+
+@dataclass
+class Prepared:
+    path: Path
+    key: str
+    report: dict
+    cache_hit: bool
+
+    def load(self):
+        import datasets
+
+        return datasets.load_from_disk(str(self.path))
+
+
+def resolve_dataset_path(path: str, cache: Path = DEFAULT_CACHE) -> str:
+    """`demo:NAME:N` names a bundled demo set; it is written once to a file and read like any other."""
+    if not path.startswith("demo:"):
+        return path
+    parts = path.split(":")
+    name, n = parts[1], int(parts[2]) if len(parts) > 2 else 1000
+    target = cache / "demo" / f"{name}-{n}-v1.jsonl"
+    if not target.exists():
+        demo.write_demo(name, n, target)
+    return str(target)
+
+
+def content_hash(path: str) -> str:
+    h = xxhash.xxh3_128()
+    p = Path(path)
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p] if p.exists() else []
+    if not files:  # a hub id: the id names the content (a user pins a revision in the id)
+        h.update(("hub:" + path).encode())
+    for f in files:
+        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    h = xxhash.xxh3_128()
+    h.update(tokenizer.backend_tokenizer.to_str().encode())
+    for attr in ("bos_token", "eos_token", "pad_token", "chat_template"):
+        h.update(f"{attr}={getattr(tokenizer, attr, None)}".encode())
+    return h.hexdigest()
+
+
+PREP_SETTINGS = (
+    "prompt_format", "sequence_len", "sample_packing", "pad_to_sequence_len", "train_on_inputs",
+    "roles_to_train", "long_samples", "add_bos", "dedup", "near_dedup_threshold", "refusal_filter",
+    "refusal_phrases", "val_set_size", "seed",
+)
+
+
+def cache_key(recipe, tokenizer, paths: list[str]) -> str:
+    settings = {k: getattr(recipe, k) for k in PREP_SETTINGS}
+    settings["datasets"] = [d.model_dump() | {"content": content_hash(p)} for d, p in zip(recipe.datasets, paths)]
+    settings["tokenizer"] = tokenizer_fingerprint(tokenizer)
+    settings["pipeline"] = PIPELINE_VERSION
+    return xxhash.xxh3_128(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _mix(per_set: dict[str, list], shares: dict[str, float | None], seed: int,
+         report: checks.DropReport) -> list:
+    """Subsample data sets to their target shares (the largest mix the data allows)."""
+    fixed = {k: s for k, s in shares.items() if s is not None}
+    if not fixed:
+        return [c for convs in per_set.values() for c in convs]
+    free = [k for k in per_set if shares[k] is None]
+    free_share = 1 - sum(fixed.values())
+    if free and free_share <= 0:
+        raise ValueError("shares add up to 1 but some data sets have no share")
+    # Largest total N with every set able to give its share of N.
+    limits = [len(per_set[k]) / s for k, s in fixed.items()]
+    if free:
+        limits.append(sum(len(per_set[k]) for k in free) / free_share)
+    total = min(limits)
+    rng = random.Random(seed)
+    out = []
+    for k, convs in per_set.items():
+        if shares[k] is not None:
+            want = round(total * shares[k])
+        else:
+            want = round(total * free_share * len(convs) / sum(len(per_set[f]) for f in free))
+        want = min(want, len(convs))
+        keep = set(rng.sample(range(len(convs)), want))
+        for i, c in enumerate(convs):
+            if i in keep:
+                out.append(c)
+            else:
+                report.drop(c.where, "left out by the mix", f"{k} over its target share")
+    return out
+
+
+def _histogram(lengths: list[int], bins: int = 10) -> list[dict]:
+    if not lengths:
+        return []
+    counts, edges = np.histogram(lengths, bins=bins)
+    return [{"from": int(edges[i]), "to": int(edges[i + 1]), "count": int(c)} for i, c in enumerate(counts)]
+
+
+def _to_dataset(samples: list[Sample], recipe, seed: int):
+    import datasets
+    import pyarrow as pa
+
+    lengths = [len(s) for s in samples]
+    if recipe.sample_packing:
+        bins = pack.best_fit_decreasing(lengths, recipe.sequence_len, seed=seed)
+    else:
+        bins = [[i] for i in random.Random(seed).sample(range(len(samples)), len(samples))]
+    rows = pack.pack_rows([s.input_ids for s in samples], [s.labels for s in samples], bins)
+    table = pa.table({k: pa.array([np.asarray(v) for v in vals], type=pa.list_(pa.int32()))
+                      for k, vals in rows.items()})
+    eff = pack.efficiency(lengths, len(bins), recipe.sequence_len) if recipe.sample_packing else None
+    return datasets.Dataset(table), eff
+
+
+def prepare(recipe, tokenizer, out_dir: str | Path | None = None, strict: bool = False,
+            cache_dir: Path = DEFAULT_CACHE, progress: bool = True) -> Prepared:
+    if not recipe.datasets:
+        raise ValueError("the recipe lists no datasets")
+    paths = [resolve_dataset_path(d.path, cache_dir) for d in recipe.datasets]
+    key = cache_key(recipe, tokenizer, paths)
+    out = Path(out_dir or recipe.dataset_prepared_path or cache_dir / "prepared" / key)
+    if (out / "key.txt").exists() and (out / "key.txt").read_text().strip() == key:
+        return Prepared(out, key, json.loads((out / "report.json").read_text()), cache_hit=True)
+
+    report = checks.DropReport()
+    phrases = (recipe.refusal_phrases or checks.DEFAULT_REFUSALS) if recipe.refusal_filter else ()
+    dedup_shared = checks.Deduplicator(recipe.near_dedup_threshold) if recipe.dedup else None
+    per_set: dict[str, list] = {}
+    for spec, path in zip(recipe.datasets, paths):
+        label = spec.label or spec.path
+        items = read_records(path, spec.type, spec.split, spec.name, spec.data_files, label=label)
+        bar = tqdm(items, desc=f"read+check {Path(label).name}", unit=" rows", disable=not progress)
+        kept = list(checks.check_all(bar, report, dedup=False, refusal_phrases=phrases))
+        if dedup_shared is not None:  # dedup across all data sets, not only within one
+            unique = []
+            for c in kept:
+                if bad := dedup_shared.check(c):
+                    report.drop(c.where, *bad)
+                else:
+                    unique.append(c)
+            kept = unique
+        for c in kept:
+            c.meta["format"] = spec.format or recipe.prompt_format
+        per_set[label] = per_set.get(label, []) + kept
+    shares = {(d.label or d.path): d.share for d in recipe.datasets}
+    convs = _mix(per_set, shares, recipe.seed, report)
+
+    encoders: dict[str, ConversationTokenizer] = {}
+    samples: list[Sample] = []
+    bar = tqdm(total=len(convs), desc="tokenize", unit=" conv", disable=not progress)
+    by_format: dict[str, list] = defaultdict(list)
+    for c in convs:
+        by_format[c.meta["format"]].append(c)
+    for fmt, group in by_format.items():
+        enc = encoders.setdefault(fmt, ConversationTokenizer(
+            tokenizer, fmt, tuple(recipe.roles_to_train), recipe.train_on_inputs, recipe.add_bos))
+        for i in range(0, len(group), BATCH):
+            for s in enc.encode_batch(group[i:i + BATCH]):
+                fitted, why = fit_length(s, recipe.sequence_len, recipe.long_samples)
+                if fitted is None:
+                    report.drop(s.where, why.split(" (")[0], why)
+                else:
+                    samples.append(fitted)
+            bar.update(min(BATCH, len(group) - i))
+    bar.close()
+    report.kept = len(samples)
+    assert report.balanced(), "row accounting is off: a row was lost"
+    if strict and report.n_dropped:
+        first = "; ".join(f"{w}: {r} {d}".strip() for w, r, d in report.details[:5])
+        raise checks.StrictError(f"--strict: {report.n_dropped} rows would be dropped ({first})")
+    if not samples:
+        raise ValueError(f"no usable rows: every row was dropped ({dict(report.dropped)})")
+
+    rng = random.Random(recipe.seed)
+    n_val = int(recipe.val_set_size if recipe.val_set_size >= 1 else round(recipe.val_set_size * len(samples)))
+    order = rng.sample(range(len(samples)), len(samples))
+    val = [samples[i] for i in order[:n_val]]
+    train = [samples[i] for i in sorted(order[n_val:])]
+
+    import datasets
+
+    train_ds, eff = _to_dataset(train, recipe, recipe.seed)
+    parts = {"train": train_ds}
+    if val:
+        parts["validation"] = _to_dataset(val, recipe, recipe.seed)[0]
+    lengths = [len(s) for s in samples]
+    tokens_by_set, convs_by_set = Counter(), Counter()
+    for s in samples:
+        tokens_by_set[s.dataset] += len(s)
+        convs_by_set[s.dataset] += 1
+    stats = {
+        "key": key,
+        "rows": report.to_dict(),
+        "samples": len(samples),
+        "train_rows": len(train_ds),
+        "validation_samples": len(val),
+        "tokens": int(sum(lengths)),
+        "trained_tokens": int(sum(s.n_trained for s in samples)),
+        "packing_efficiency": eff,
+        "sequence_len": recipe.sequence_len,
+        "length_histogram": _histogram(lengths),
+        "mix": {k: {"conversations": convs_by_set[k], "share": convs_by_set[k] / len(samples),
+                    "token_share": tokens_by_set[k] / max(1, sum(lengths)), "target": shares.get(k)}
+                for k in sorted(convs_by_set)},
+    }
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    datasets.DatasetDict(parts).save_to_disk(str(tmp))
+    (tmp / "report.json").write_text(json.dumps(stats, indent=1))
+    tokenizer.save_pretrained(str(tmp / "tokenizer"))  # so `data inspect` can decode the rows
+    (tmp / "key.txt").write_text(key)
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.replace(out)
+    return Prepared(out, key, stats, cache_hit=False)

@@ -1,0 +1,138 @@
+"""Tokenize each conversation once; labels come from character offsets, never from re-rendering.
+
+The rendered text of a batch goes through the Rust tokenizer in one call. Each token is trained
+iff the segment holding its first character is trainable. Control tokens (<|im_start|>, <|im_end|>)
+come only from control segments: text inside a message that spells one is tokenized as plain text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from openhermes.formats import Conversation, Segment, get_format
+
+IGNORE = -100
+
+
+@dataclass
+class Sample:
+    input_ids: np.ndarray  # int32
+    labels: np.ndarray  # int32, IGNORE where not trained
+    where: str
+    dataset: str
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_trained(self) -> int:
+        return int((self.labels != IGNORE).sum())
+
+
+class ConversationTokenizer:
+    """Turns conversations into (input_ids, labels) in one prompt format."""
+
+    def __init__(self, tokenizer, prompt_format: str = "chatml", train_roles: tuple[str, ...] = ("assistant",),
+                 train_on_inputs: bool = False, add_bos: bool = True):
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise TypeError("openhermes needs a fast (tokenizers-backed) tokenizer for offsets")
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.fmt = get_format(prompt_format)
+        self.train_roles = tuple(train_roles)
+        self.train_on_inputs = train_on_inputs
+        self.bos_id = tokenizer.bos_token_id if add_bos else None
+        self.eos_token = tokenizer.eos_token
+        # Every added token string the tokenizer would match inside text (the injection risk).
+        added = sorted({t for t in tokenizer.get_added_vocab()}, key=len, reverse=True)
+        self.added_re = re.compile("|".join(map(re.escape, added))) if added else None
+        for tok in getattr(self.fmt, "CONTROL_TOKENS", ()):
+            if tokenizer.convert_tokens_to_ids(tok) in (None, tokenizer.unk_token_id):
+                raise ValueError(f"the tokenizer has no {tok!r} token; add the {prompt_format} tokens first")
+
+    def segments(self, conv: Conversation) -> list[Segment]:
+        return self.fmt.segments(conv, train_roles=self.train_roles, train_on_inputs=self.train_on_inputs)
+
+    def _spans(self, segs: list[Segment]) -> tuple[str, np.ndarray, np.ndarray]:
+        texts = [self.eos_token if s.kind == "eos" else s.text for s in segs]
+        starts = np.zeros(len(segs), dtype=np.int64)
+        np.cumsum([len(t) for t in texts[:-1]], out=starts[1:])
+        return "".join(texts), starts, np.array([s.train for s in segs], dtype=bool)
+
+    def _injected(self, segs: list[Segment]) -> bool:
+        return self.added_re is not None and any(s.kind == "text" and self.added_re.search(s.text) for s in segs)
+
+    def encode_batch(self, convs: list[Conversation]) -> list[Sample]:
+        all_segs = [self.segments(c) for c in convs]
+        rendered = [self._spans(segs) for segs in all_segs]
+        encodings = self.backend.encode_batch([r[0] for r in rendered], add_special_tokens=False)
+        out = []
+        for conv, segs, (_, starts, train), enc in zip(convs, all_segs, rendered, encodings, strict=True):
+            if self._injected(segs):
+                ids, labels = self._encode_pieces(segs)
+            else:
+                ids = np.asarray(enc.ids, dtype=np.int32)
+                offs = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)[:, 0]
+                seg_of = np.searchsorted(starts, offs, side="right") - 1
+                labels = np.where(train[seg_of], ids, IGNORE).astype(np.int32)
+            out.append(self._finish(ids, labels, conv))
+        return out
+
+    def _encode_pieces(self, segs: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
+        """The careful path, for a conversation whose text spells a control token: each run of text
+        between real control tokens is encoded with special-token matching off."""
+        ids: list[int] = []
+        labels: list[int] = []
+        run: list[Segment] = []
+
+        def flush() -> None:
+            if not run:
+                return
+            text, starts, train = self._spans(run)
+            self.backend.encode_special_tokens = True
+            try:
+                enc = self.backend.encode(text, add_special_tokens=False)
+            finally:
+                self.backend.encode_special_tokens = False
+            offs = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)[:, 0]
+            seg_of = np.searchsorted(starts, offs, side="right") - 1
+            ids.extend(enc.ids)
+            labels.extend(t if train[s] else IGNORE for t, s in zip(enc.ids, seg_of, strict=True))
+            run.clear()
+
+        for s in segs:
+            if s.kind == "text":
+                run.append(s)
+                continue
+            flush()
+            token = self.eos_token if s.kind == "eos" else s.text
+            tid = self.tokenizer.convert_tokens_to_ids(token)
+            ids.append(tid)
+            labels.append(tid if s.train else IGNORE)
+        flush()
+        return np.asarray(ids, dtype=np.int32), np.asarray(labels, dtype=np.int32)
+
+    def _finish(self, ids: np.ndarray, labels: np.ndarray, conv: Conversation) -> Sample:
+        if self.bos_id is not None:
+            ids = np.concatenate([[self.bos_id], ids]).astype(np.int32)
+            labels = np.concatenate([[IGNORE], labels]).astype(np.int32)
+        if len(labels):
+            # Nothing inside a sample predicts its first token; in a packed row it must not be
+            # learned from the previous sample's last position either.
+            labels[0] = IGNORE
+        return Sample(ids, labels, conv.where, conv.dataset)
+
+
+def fit_length(sample: Sample, max_len: int, policy: str) -> tuple[Sample | None, str]:
+    """Apply the over-long policy: ("drop" | "truncate"). Returns (sample or None, reason)."""
+    if len(sample) > max_len:
+        if policy == "drop":
+            return None, f"over-long ({len(sample)} tokens > sequence_len {max_len})"
+        sample = Sample(sample.input_ids[:max_len], sample.labels[:max_len], sample.where, sample.dataset)
+    if sample.n_trained == 0:
+        return None, "no trained tokens" + (" after truncation" if policy == "truncate" else "")
+    return sample, ""

@@ -1,0 +1,1 @@
+"""Export: LoRA merge, GGUF."""

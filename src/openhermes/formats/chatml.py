@@ -1,0 +1,55 @@
+"""ChatML, the OpenHermes 2.5 prompt format. The only place the ChatML strings live."""
+
+from __future__ import annotations
+
+import re
+
+from openhermes.formats.base import Conversation, Message, Segment, segments_text
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+CONTROL_TOKENS = (IM_END, IM_START)  # the order OpenHermes added them: 32000, 32001
+
+# Byte-identical to the chat template of the published OpenHermes 2.5 tokenizer (SPEC §2).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] "
+    "+ '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% endif %}"
+)
+
+STOP_STRINGS = (IM_END,)
+
+
+def segments(
+    conv: Conversation,
+    train_roles: tuple[str, ...] = ("assistant",),
+    train_on_inputs: bool = False,
+    add_generation_prompt: bool = False,
+) -> list[Segment]:
+    """Render a conversation. Trained by default: assistant content and its <|im_end|>;
+    never the `<|im_start|>assistant\\n` header nor the newline after <|im_end|> (axolotl 922)."""
+    out: list[Segment] = []
+    for m in conv.messages:
+        train = train_on_inputs or m.role in train_roles
+        out.append(Segment(IM_START, train_on_inputs, "control"))
+        out.append(Segment(m.role + "\n", train_on_inputs))
+        if m.content:
+            out.append(Segment(m.content, train))
+        out.append(Segment(IM_END, train, "control"))
+        out.append(Segment("\n", train_on_inputs))
+    if add_generation_prompt:
+        out.append(Segment(IM_START, False, "control"))
+        out.append(Segment("assistant\n", False))
+    return out
+
+
+def render(conv: Conversation, add_generation_prompt: bool = False) -> str:
+    return segments_text(segments(conv, add_generation_prompt=add_generation_prompt))
+
+
+_TURN = re.compile(re.escape(IM_START) + r"([^\n]*)\n(.*?)" + re.escape(IM_END) + r"\n?", re.DOTALL)
+
+
+def parse(text: str) -> list[Message]:
+    """ChatML text back into messages (a trailing open assistant header is ignored)."""
+    return [Message(role, content) for role, content in _TURN.findall(text)]

@@ -1,0 +1,89 @@
+"""The LimaRP card's extended Alpaca roleplay format, with its response-length modifier."""
+
+from __future__ import annotations
+
+import re
+
+from openhermes.formats.base import Conversation, Message, Roleplay, Segment, segments_text
+
+LENGTHS = ("micro", "tiny", "short", "medium", "long", "massive", "huge", "enormous", "humongous", "unlimited")
+STOP_STRINGS = ("\n### Input", "\n### Instruction")
+
+
+def instruction(rp: Roleplay) -> str:
+    return (
+        "### Instruction:\n"
+        f"{rp.char_name}'s Persona: {rp.char_persona}\n\n"
+        f"{rp.user_name}'s Persona: {rp.user_persona}\n\n"
+        f"Scenario: {rp.scenario}\n\n"
+        f"Play the role of {rp.char_name}. You must engage in a roleplaying chat with {rp.user_name} "
+        f"below this line. Do not write dialogues and narration for {rp.user_name}.\n\n"
+    )
+
+
+def response_header(char_name: str, length: str | None) -> str:
+    if length is not None and length not in LENGTHS:
+        raise ValueError(f"unknown LimaRP length modifier {length!r}; use one of {', '.join(LENGTHS)}")
+    mod = f" (length = {length})" if length else ""
+    return f"### Response:{mod}\n{char_name}:"
+
+
+def segments(
+    conv: Conversation,
+    train_roles: tuple[str, ...] = ("assistant",),
+    train_on_inputs: bool = False,
+    add_generation_prompt: bool = False,
+    length: str | None = None,
+) -> list[Segment]:
+    """Render a roleplay. A reply is trained from the space after "Name:" through the final EOS, so
+    the first word's token (which carries that space) is trained too."""
+    rp = conv.roleplay
+    if rp is None:
+        raise ValueError(f"{conv.where}: a LimaRP conversation needs personas and a scenario")
+    out = [Segment(instruction(rp), train_on_inputs)]
+    turns = [m for m in conv.messages if m.role != "system"]
+    for i, m in enumerate(turns):
+        last = i == len(turns) - 1
+        if m.role == "user":
+            out.append(Segment(f"### Input:\n{rp.user_name}: {m.content}\n\n", train_on_inputs))
+            continue
+        train = train_on_inputs or m.role in train_roles
+        out.append(Segment(response_header(rp.char_name, m.length), train_on_inputs))
+        out.append(Segment(" " + m.content, train))
+        if last:
+            out.append(Segment("", train, "eos"))
+        else:
+            out.append(Segment("\n\n", train_on_inputs))
+    if add_generation_prompt:
+        out.append(Segment(response_header(rp.char_name, length), False))
+    return out
+
+
+def render(conv: Conversation, add_generation_prompt: bool = False, length: str | None = None) -> str:
+    return segments_text(segments(conv, add_generation_prompt=add_generation_prompt, length=length), "")
+
+
+_PERSONA = re.compile(
+    r"### Instruction:\n(?P<char>.+?)'s Persona: (?P<cp>.*?)\n\n(?P<user>.+?)'s Persona: (?P<up>.*?)\n\n"
+    r"Scenario: (?P<sc>.*?)\n\nPlay the role of .*?\n\n",
+    re.DOTALL,
+)
+# "### Input" appears with and without the colon in the card: accept both.
+_BLOCK = re.compile(r"### (Input|Response):?(?: \(length = (\w+)\))?\n(.*?)(?=\n\n### |\Z)", re.DOTALL)
+
+
+def parse(text: str) -> Conversation:
+    """LimaRP text back into a conversation with its roleplay header."""
+    head = _PERSONA.match(text)
+    if not head:
+        raise ValueError("not LimaRP text: the '### Instruction:' persona block is missing")
+    rp = Roleplay(head["char"], head["user"], head["cp"], head["up"], head["sc"])
+    messages = []
+    for kind, length, body in _BLOCK.findall(text[head.end():]):
+        name = rp.user_name if kind == "Input" else rp.char_name
+        content = body.rstrip("\n")
+        if content.startswith(name + ":"):
+            content = content[len(name) + 1:].lstrip(" ")
+        role = "user" if kind == "Input" else "assistant"
+        messages.append(Message(role, content, length=length or None))
+    return Conversation(messages, roleplay=rp)

@@ -1,0 +1,1 @@
+"""Base models and tokenizers: loading, ChatML tokens, LoRA, and the tiny from-scratch model."""

@@ -1,0 +1,115 @@
+"""Base model and tokenizer: local folder or hub id, ChatML tokens added as OpenHermes did, LoRA."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from openhermes.formats import chatml
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def load_tokenizer(name_or_path: str | Path, prompt_format: str = "chatml", extra_special: dict | None = None,
+                   extra_tokens: list[str] | None = None):
+    """The tokenizer, with the ChatML tokens and template when training ChatML.
+
+    When the base lacks `<|im_end|>`/`<|im_start|>` (Mistral's does), they are added in OpenHermes's
+    order (32000, 32001 for Mistral) as special tokens, and eos becomes `<|im_end|>`."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(name_or_path))
+    except OSError as e:
+        raise ModelLoadError(f"cannot load a tokenizer from {name_or_path}: {e}") from None
+    if not getattr(tok, "is_fast", False):
+        raise ModelLoadError(f"{name_or_path}: openhermes needs a fast (tokenizer.json) tokenizer")
+    if prompt_format == "chatml":
+        vocab = tok.get_vocab()
+        missing = [t for t in chatml.CONTROL_TOKENS if t not in vocab]
+        if missing:
+            tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        tok.eos_token = chatml.IM_END
+        tok.chat_template = chatml.CHAT_TEMPLATE
+    if extra_special:
+        tok.add_special_tokens(dict(extra_special))
+    if extra_tokens:
+        tok.add_tokens(list(extra_tokens))
+    if tok.pad_token is None:
+        tok.pad_token = tok.unk_token or tok.eos_token
+    return tok
+
+
+def added_token_ids(tokenizer, model_vocab_size: int) -> list[int]:
+    """Ids the base model has no trained rows for."""
+    return list(range(model_vocab_size, len(tokenizer)))
+
+
+def pick_dtype(bf16: bool | str) -> torch.dtype:
+    cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if bf16 is True and not cuda_bf16:
+        warnings.warn("bf16 asked for but not supported here; training in fp32", stacklevel=2)
+        return torch.float32
+    return torch.bfloat16 if (bf16 is True or (bf16 == "auto" and cuda_bf16)) else torch.float32
+
+
+def load_model(name_or_path: str | Path, tokenizer, *, dtype: torch.dtype = torch.float32,
+               load_in_8bit: bool = False, load_in_4bit: bool = False, flash_attention: bool = False):
+    """The base model, resized for added tokens, with eos set from the tokenizer.
+
+    Returns (model, ids of the added token rows)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = {"dtype": dtype}
+    if load_in_8bit or load_in_4bit:
+        if not torch.cuda.is_available():
+            raise ModelLoadError("8-bit and 4-bit loading (bitsandbytes) need a CUDA GPU; none is available here. "
+                                 "Drop load_in_8bit/load_in_4bit to train in full precision on this machine.")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit,
+            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_type="nf4")
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    if flash_attention:
+        if torch.cuda.is_available():
+            kwargs["attn_implementation"] = "flash_attention_2"
+        else:
+            warnings.warn("flash_attention needs a CUDA GPU; using SDPA attention", stacklevel=2)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    except OSError as e:
+        raise ModelLoadError(f"cannot load a model from {name_or_path}: {e}") from None
+    old = model.get_input_embeddings().weight.shape[0]
+    added = added_token_ids(tokenizer, old)
+    if len(tokenizer) > old:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, added
+
+
+def apply_lora(model, *, r: int, alpha: int, dropout: float, target_linear: bool,
+               target_modules: list[str] | None, added_ids: list[int], modules_to_save: list[str] | None = None):
+    """Wrap in a peft LoRA model. Added tokens' embedding and output rows train too (axolotl 787,
+    1570, 1659): without them the adapter could never produce `<|im_end|>`."""
+    from peft import LoraConfig, get_peft_model
+
+    if target_linear:
+        targets: str | list[str] = "all-linear"  # peft: every linear layer except the output head
+    elif target_modules:
+        targets = target_modules
+    else:
+        targets = ["q_proj", "v_proj"]
+    token_rows = None
+    if added_ids:
+        token_rows = {"embed_tokens": list(added_ids), "lm_head": list(added_ids)}
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM",
+                     trainable_token_indices=token_rows, modules_to_save=modules_to_save)
+    return get_peft_model(model, cfg)

@@ -1,0 +1,1 @@
+"""Training: recipe -> transformers Trainer over packed rows."""

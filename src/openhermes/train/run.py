@@ -1,0 +1,215 @@
+"""Wire a recipe into transformers' Trainer: base model, ChatML tokens, LoRA, NEFTune, packed rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import xxhash
+from transformers import PrinterCallback, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from openhermes.config import Recipe
+from openhermes.data.prepare import DEFAULT_CACHE, Prepared, prepare, resolve_dataset_path
+from openhermes.data.readers import read_records
+from openhermes.formats import get_format
+from openhermes.model import tiny
+from openhermes.model.load import apply_lora, load_model, load_tokenizer, pick_dtype
+from openhermes.train.callbacks import ProgressAndLog, TokenCounter, plot_loss
+from openhermes.train.collate import PackedCollator
+from openhermes.train.neftune import PackedNEFTune
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    model_dir: Path  # full weights (for LoRA: the adapter folder)
+    is_adapter: bool
+    log_path: Path
+    plot_path: Path | None
+    prepared: Prepared
+    metrics: dict = field(default_factory=dict)
+
+
+def _texts_for_tokenizer(recipe: Recipe, cache: Path):
+    """The recipe's own text, as the tokenizer of a from-scratch model sees it (no control tokens)."""
+    for spec in recipe.datasets:
+        fmt = get_format(spec.format or recipe.prompt_format)
+        path = resolve_dataset_path(spec.path, cache)
+        for conv in read_records(path, spec.type, spec.split, spec.name, spec.data_files):
+            if hasattr(conv, "messages"):
+                yield "".join(s.text for s in fmt.segments(conv) if s.kind == "text")
+
+
+def ensure_base_model(recipe: Recipe, cache: Path = DEFAULT_CACHE) -> str:
+    """`base_model: tiny` builds the from-scratch base model once (keyed by its settings and data)."""
+    if recipe.base_model != "tiny":
+        return recipe.base_model
+    settings = dict(recipe.tiny)
+    vocab = settings.pop("vocab_size", 1024)
+    seed = settings.pop("seed", recipe.seed)
+    key = xxhash.xxh3_64(json.dumps([settings, vocab, seed, [d.path for d in recipe.datasets]],
+                                    sort_keys=True).encode()).hexdigest()
+    out = cache / "tiny-base" / key
+    if not (out / "config.json").exists():
+        tiny.build_base(out, _texts_for_tokenizer(recipe, cache), vocab_size=vocab, seed=seed, **settings)
+    return str(out)
+
+
+class OpenHermesTrainer(Trainer):
+    """transformers' Trainer, plus trained-token counting and atomic checkpoints."""
+
+    def __init__(self, *args, token_counter: TokenCounter, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.token_counter = token_counter
+        self._staging: str | None = None
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.token_counter.trained += int((inputs["labels"] != -100).sum())
+        self.token_counter.total += inputs["input_ids"].numel()
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _get_output_dir(self, trial):
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        # Written under a staging folder, then renamed into place: a kill mid-save never leaves a
+        # half-written checkpoint-N that --resume would pick up.
+        run_dir = self.args.output_dir
+        name = f"checkpoint-{self.state.global_step}"
+        self._staging = os.path.join(run_dir, ".staging")
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        if self.args.should_save:
+            final = os.path.join(run_dir, name)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(os.path.join(run_dir, ".staging", name), final)
+            from transformers.trainer_utils import rotate_checkpoints
+
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit)
+        self.accelerator.wait_for_everyone()
+
+
+def training_arguments(recipe: Recipe, out_dir: Path, steps_per_epoch: int, show_progress: bool) -> TrainingArguments:
+    cuda = torch.cuda.is_available()
+    dtype = pick_dtype(recipe.bf16)
+    save_steps = recipe.save_steps
+    if save_steps is None and recipe.saves_per_epoch:
+        save_steps = max(1, steps_per_epoch // recipe.saves_per_epoch)
+    if recipe.tf32 and not cuda:
+        warnings.warn("tf32 needs a CUDA GPU; ignored", stacklevel=2)
+    return TrainingArguments(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=recipe.micro_batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type=recipe.lr_scheduler,
+        warmup_steps=recipe.warmup_steps,
+        num_train_epochs=recipe.num_epochs,
+        max_steps=recipe.max_steps or -1,
+        optim=recipe.optimizer,
+        weight_decay=recipe.weight_decay,
+        max_grad_norm=recipe.max_grad_norm,
+        adam_beta1=recipe.adam_beta1,
+        adam_beta2=recipe.adam_beta2,
+        bf16=dtype == torch.bfloat16,
+        fp16=recipe.fp16 and cuda,
+        tf32=True if (recipe.tf32 and cuda) else None,
+        gradient_checkpointing=recipe.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
+        logging_steps=recipe.logging_steps,
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        save_total_limit=recipe.save_total_limit,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        report_to=["tensorboard"],
+        remove_unused_columns=False,
+        disable_tqdm=True,  # our own bar shows loss, lr and tokens/s
+        dataloader_num_workers=0,
+        ddp_backend=("nccl" if cuda else "gloo") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        deepspeed=recipe.deepspeed,
+        fsdp=recipe.fsdp or "",
+        fsdp_config=recipe.fsdp_config,
+        use_cpu=not cuda,
+    )
+
+
+def build(recipe: Recipe, out_dir: Path, show_progress: bool = True, cache: Path = DEFAULT_CACHE):
+    """Everything up to a ready Trainer. Returns (trainer, tokenizer, prepared, counter, neftune)."""
+    base = ensure_base_model(recipe, cache)
+    tokenizer = load_tokenizer(base, recipe.prompt_format, recipe.special_tokens, recipe.tokens)
+    prepared = prepare(recipe, tokenizer, cache_dir=cache, progress=show_progress)
+    data = prepared.load()
+    model, added = load_model(base, tokenizer, dtype=pick_dtype(recipe.bf16), load_in_8bit=recipe.load_in_8bit,
+                              load_in_4bit=recipe.load_in_4bit, flash_attention=recipe.flash_attention)
+    model.config.use_cache = False  # a KV cache would switch off packed-sample isolation (SPEC §3)
+    if recipe.adapter:
+        if recipe.load_in_8bit or recipe.load_in_4bit:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, recipe.gradient_checkpointing)
+        model = apply_lora(model, r=recipe.lora_r, alpha=recipe.lora_alpha, dropout=recipe.lora_dropout,
+                           target_linear=recipe.lora_target_linear, target_modules=recipe.lora_target_modules,
+                           added_ids=added, modules_to_save=recipe.lora_modules_to_save)
+    neftune = PackedNEFTune(model, recipe.noisy_embedding_alpha) if recipe.noisy_embedding_alpha else None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps_per_epoch = max(1, len(data["train"]) // (recipe.global_batch_size * world))
+    args = training_arguments(recipe, out_dir, steps_per_epoch, show_progress)
+    counter = TokenCounter()
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out_dir / "tensorboard"))
+    trainer = OpenHermesTrainer(
+        model=model, args=args, train_dataset=data["train"],
+        eval_dataset=data["validation"] if "validation" in data else None,
+        data_collator=PackedCollator(tokenizer.pad_token_id, recipe.sequence_len if recipe.pad_to_sequence_len else None),
+        processing_class=tokenizer, token_counter=counter,
+        callbacks=[ProgressAndLog(out_dir / "log.jsonl", counter, show_progress)],
+    )
+    trainer.remove_callback(PrinterCallback)  # our bar and log.jsonl replace the raw dict prints
+    return trainer, tokenizer, prepared, counter, neftune
+
+
+def save_final(trainer: Trainer, tokenizer, out_dir: Path, is_adapter: bool) -> Path:
+    """The model folder a user loads: config, safetensors, tokenizer with chat template, generation config."""
+    target = out_dir / ("adapter" if is_adapter else "model")
+    tmp = out_dir / (target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    base_cfg = model.get_base_model().config if is_adapter else model.config
+    base_cfg.use_cache = True
+    if trainer.args.should_save:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if not is_adapter:
+            model.generation_config.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    trainer.accelerator.wait_for_everyone()
+    return target
+
+
+def train(recipe: Recipe, out_dir: str | Path | None = None, resume: bool = False, show_progress: bool = True,
+          cache: Path = DEFAULT_CACHE) -> TrainResult:
+    out = Path(out_dir or recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / ".staging", ignore_errors=True)  # a save cut off by a kill
+    if not resume:
+        (out / "log.jsonl").unlink(missing_ok=True)
+    trainer, tokenizer, prepared, counter, neftune = build(recipe, out, show_progress, cache)
+    checkpoint = get_last_checkpoint(str(out)) if resume else None
+    if resume and checkpoint is None:
+        warnings.warn(f"--resume: no checkpoint in {out}; starting from the beginning", stacklevel=2)
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    if neftune is not None:
+        neftune.remove()
+    model_dir = save_final(trainer, tokenizer, out, bool(recipe.adapter))
+    plot = plot_loss(out / "log.jsonl", out / "loss.png") if trainer.args.should_save else None
+    metrics = dict(output.metrics) | {"trained_tokens": counter.trained}
+    return TrainResult(out, model_dir, bool(recipe.adapter), out / "log.jsonl", plot, prepared, metrics)

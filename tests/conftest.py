@@ -1,0 +1,40 @@
+"""Shared fixtures: a real tiny base model folder (tokenizer + random Mistral) built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def demo_texts(n_chat: int = 1500, n_rp: int = 200):
+    from openhermes.data import demo
+
+    for r in demo.chat_records(n_chat):
+        yield " ".join(t["value"] for t in r["conversations"]) + " user assistant system"
+    for r in demo.roleplay_records(n_rp):
+        yield " ".join([r["char_persona"], r["scenario"]] + [t["value"] for t in r["turns"]])
+    yield "Play the role of Character. You must engage in a roleplaying chat with User below this line."
+    yield "héllo wörld — ünïcode 日本語 😀"
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A from-scratch base folder like Mistral's: no ChatML tokens yet."""
+    from openhermes.model.tiny import build_base
+
+    return build_base(tmp_path_factory.mktemp("base") / "tiny", demo_texts(), vocab_size=600, seed=0,
+                      hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2)
+
+
+@pytest.fixture(scope="session")
+def chatml_tokenizer(tiny_base):
+    from openhermes.model.load import load_tokenizer
+
+    return load_tokenizer(tiny_base, "chatml")
