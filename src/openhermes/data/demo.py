@@ -70,7 +70,8 @@ def _task(rng: random.Random) -> tuple[str, str, str]:
     kind = rng.choice(("copy", "add", "lookup", "code"))
     if kind == "copy":
         words = " ".join(rng.sample(WORDS, rng.randint(2, 4)))
-        return kind, f"Repeat exactly: {words}", words
+        # The words start a line in both turns, so they tokenize the same way (no leading "▁").
+        return kind, f"Repeat exactly:\n{words}", words
     if kind == "add":
         a, b = rng.randint(0, 9), rng.randint(0, 9)
         return kind, f"What is {a} + {b}?", str(a + b)

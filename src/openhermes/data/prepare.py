@@ -83,7 +83,8 @@ PREP_SETTINGS = (
 
 def cache_key(recipe, tokenizer, paths: list[str]) -> str:
     settings = {k: getattr(recipe, k) for k in PREP_SETTINGS}
-    settings["datasets"] = [d.model_dump() | {"content": content_hash(p)} for d, p in zip(recipe.datasets, paths)]
+    settings["datasets"] = [d.model_dump() | {"content": content_hash(p)}
+                            for d, p in zip(recipe.datasets, paths, strict=True)]
     settings["tokenizer"] = tokenizer_fingerprint(tokenizer)
     settings["pipeline"] = PIPELINE_VERSION
     return xxhash.xxh3_128(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:20]
@@ -158,7 +159,7 @@ def prepare(recipe, tokenizer, out_dir: str | Path | None = None, strict: bool =
     phrases = (recipe.refusal_phrases or checks.DEFAULT_REFUSALS) if recipe.refusal_filter else ()
     dedup_shared = checks.Deduplicator(recipe.near_dedup_threshold) if recipe.dedup else None
     per_set: dict[str, list] = {}
-    for spec, path in zip(recipe.datasets, paths):
+    for spec, path in zip(recipe.datasets, paths, strict=True):
         label = spec.label or spec.path
         items = read_records(path, spec.type, spec.split, spec.name, spec.data_files, label=label)
         bar = tqdm(items, desc=f"read+check {Path(label).name}", unit=" rows", disable=not progress)

@@ -122,8 +122,8 @@ def training_arguments(recipe: Recipe, out_dir: Path, steps_per_epoch: int, show
         bf16=dtype == torch.bfloat16,
         fp16=recipe.fp16 and cuda,
         tf32=True if (recipe.tf32 and cuda) else None,
-        gradient_checkpointing=recipe.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
+        **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+           if recipe.gradient_checkpointing else {}),
         logging_steps=recipe.logging_steps,
         save_strategy="steps" if save_steps else "no",
         save_steps=save_steps or 500,
@@ -144,6 +144,9 @@ def training_arguments(recipe: Recipe, out_dir: Path, steps_per_epoch: int, show
 
 def build(recipe: Recipe, out_dir: Path, show_progress: bool = True, cache: Path = DEFAULT_CACHE):
     """Everything up to a ready Trainer. Returns (trainer, tokenizer, prepared, counter, neftune)."""
+    from transformers import set_seed
+
+    set_seed(recipe.seed)  # before the model loads: the added ChatML rows are drawn at random
     base = ensure_base_model(recipe, cache)
     tokenizer = load_tokenizer(base, recipe.prompt_format, recipe.special_tokens, recipe.tokens)
     prepared = prepare(recipe, tokenizer, cache_dir=cache, progress=show_progress)

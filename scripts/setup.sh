@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up openhermes in .venv. On a machine without an NVIDIA GPU, torch is pinned to the CPU
+# build 2.13.0 first, so nothing that follows pulls the multi-GB CUDA packages.
+#   bash scripts/setup.sh          # the tool
+#   bash scripts/setup.sh --dev    # the tool plus test and benchmark dependencies
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip 2>/dev/null || true
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+  .venv/bin/pip install -q torch
+else
+  .venv/bin/pip install -q torch==2.13.0
+fi
+extra=""
+[ "${1:-}" = "--dev" ] && extra="[dev]"
+.venv/bin/pip install -q -e ".${extra}"
+if .venv/bin/pip list 2>/dev/null | grep -qi '^nvidia-' && ! command -v nvidia-smi >/dev/null 2>&1; then
+  echo "setup: CUDA packages were installed on a machine without a GPU" >&2
+  exit 1
+fi
+echo "setup: ok ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
