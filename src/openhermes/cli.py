@@ -114,8 +114,8 @@ def _demo_report(recipe, result) -> None:
     from openhermes.train import demo_report
     from openhermes.train.run import ensure_base_model
 
-    sizes = [int(d.path.split(":")[2]) for d in recipe.datasets if d.path.startswith("demo:")]
-    items = demo.held_out(train_chat=sizes[0] if sizes else 0, train_roleplay=sizes[1] if len(sizes) > 1 else 0)
+    sizes = dict(p for d in recipe.datasets if (p := demo.parse_demo_path(d.path)))
+    items = demo.held_out(train_chat=sizes.get("chat", 0), train_roleplay=sizes.get("roleplay", 0))
     model_dir = result.model_dir
     if result.is_adapter:
         from openhermes.export.merge import merge_adapter

@@ -69,7 +69,7 @@ class HeldOutItem:
 def _task(rng: random.Random) -> tuple[str, str, str]:
     kind = rng.choice(("copy", "add", "lookup", "code"))
     if kind == "copy":
-        words = " ".join(rng.sample(WORDS, rng.randint(2, 4)))
+        words = " ".join(rng.sample(WORDS, rng.randint(2, 3)))
         # The words start a line in both turns, so they tokenize the same way (no leading "▁").
         return kind, f"Repeat exactly:\n{words}", words
     if kind == "add":
@@ -163,6 +163,14 @@ def held_out(n_chat: int = 120, n_roleplay: int = 40, train_chat: int = 0, train
 
 
 DEMO_SETS = {"chat": chat_records, "roleplay": roleplay_records}
+
+
+def parse_demo_path(path: str) -> tuple[str, int] | None:
+    """`demo:NAME[:N]` -> (NAME, N); None for any other path."""
+    if not path.startswith("demo:"):
+        return None
+    parts = path.split(":")
+    return parts[1], int(parts[2]) if len(parts) > 2 else 1000
 
 
 def write_demo(name: str, n: int, path: Path, seed: int = 0) -> Path:

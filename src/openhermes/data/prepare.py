@@ -42,10 +42,10 @@ class Prepared:
 
 def resolve_dataset_path(path: str, cache: Path = DEFAULT_CACHE) -> str:
     """`demo:NAME:N` names a bundled demo set; it is written once to a file and read like any other."""
-    if not path.startswith("demo:"):
+    parsed = demo.parse_demo_path(path)
+    if parsed is None:
         return path
-    parts = path.split(":")
-    name, n = parts[1], int(parts[2]) if len(parts) > 2 else 1000
+    name, n = parsed
     target = cache / "demo" / f"{name}-{n}-v1.jsonl"
     if not target.exists():
         demo.write_demo(name, n, target)

@@ -49,12 +49,27 @@ def added_token_ids(tokenizer, model_vocab_size: int) -> list[int]:
     return list(range(model_vocab_size, len(tokenizer)))
 
 
-def pick_dtype(bf16: bool | str) -> torch.dtype:
-    cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if bf16 is True and not cuda_bf16:
+def bf16_supported() -> bool:
+    """A CUDA GPU with bf16, or a CPU with bf16 matrix instructions (AVX512-BF16 / AMX)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def use_bf16(bf16: bool | str) -> bool:
+    """Whether to train in bf16 mixed precision: `auto` where supported; `true` falls back to fp32 with a warning."""
+    if bf16 is False:
+        return False
+    if bf16_supported():
+        return True
+    if bf16 is True:
         warnings.warn("bf16 asked for but not supported here; training in fp32", stacklevel=2)
-        return torch.float32
-    return torch.bfloat16 if (bf16 is True or (bf16 == "auto" and cuda_bf16)) else torch.float32
+    return False
+
+
+def weight_dtype(bf16: bool | str) -> torch.dtype:
+    """Weights in bf16 on a GPU (as axolotl does); on a CPU fp32 weights with bf16 autocast."""
+    return torch.bfloat16 if torch.cuda.is_available() and use_bf16(bf16) else torch.float32
 
 
 def load_model(name_or_path: str | Path, tokenizer, *, dtype: torch.dtype = torch.float32,

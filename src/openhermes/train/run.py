@@ -19,7 +19,7 @@ from openhermes.data.prepare import DEFAULT_CACHE, Prepared, prepare, resolve_da
 from openhermes.data.readers import read_records
 from openhermes.formats import get_format
 from openhermes.model import tiny
-from openhermes.model.load import apply_lora, load_model, load_tokenizer, pick_dtype
+from openhermes.model.load import apply_lora, load_model, load_tokenizer, use_bf16, weight_dtype
 from openhermes.train.callbacks import ProgressAndLog, TokenCounter, plot_loss
 from openhermes.train.collate import PackedCollator
 from openhermes.train.neftune import PackedNEFTune
@@ -99,7 +99,7 @@ class OpenHermesTrainer(Trainer):
 
 def training_arguments(recipe: Recipe, out_dir: Path, steps_per_epoch: int, show_progress: bool) -> TrainingArguments:
     cuda = torch.cuda.is_available()
-    dtype = pick_dtype(recipe.bf16)
+    bf16 = use_bf16(recipe.bf16)
     save_steps = recipe.save_steps
     if save_steps is None and recipe.saves_per_epoch:
         save_steps = max(1, steps_per_epoch // recipe.saves_per_epoch)
@@ -119,7 +119,7 @@ def training_arguments(recipe: Recipe, out_dir: Path, steps_per_epoch: int, show
         max_grad_norm=recipe.max_grad_norm,
         adam_beta1=recipe.adam_beta1,
         adam_beta2=recipe.adam_beta2,
-        bf16=dtype == torch.bfloat16,
+        bf16=bf16,
         fp16=recipe.fp16 and cuda,
         tf32=True if (recipe.tf32 and cuda) else None,
         **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
@@ -151,7 +151,7 @@ def build(recipe: Recipe, out_dir: Path, show_progress: bool = True, cache: Path
     tokenizer = load_tokenizer(base, recipe.prompt_format, recipe.special_tokens, recipe.tokens)
     prepared = prepare(recipe, tokenizer, cache_dir=cache, progress=show_progress)
     data = prepared.load()
-    model, added = load_model(base, tokenizer, dtype=pick_dtype(recipe.bf16), load_in_8bit=recipe.load_in_8bit,
+    model, added = load_model(base, tokenizer, dtype=weight_dtype(recipe.bf16), load_in_8bit=recipe.load_in_8bit,
                               load_in_4bit=recipe.load_in_4bit, flash_attention=recipe.flash_attention)
     model.config.use_cache = False  # a KV cache would switch off packed-sample isolation (SPEC §3)
     if recipe.adapter:

@@ -1,0 +1,90 @@
+"""Shared helpers for the benchmark scripts: synthetic data with an OpenHermes-like length mix."""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+# The ChatML template with TRL's {% generation %} markers around what we train (same text, same labels).
+CHATML_TRAINING_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n'}}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{ '\\n' }}{% else %}{{ message['content'] + '<|im_end|>' + '\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+WORDS = ("the of and to in is it you that he was for on are with as his they be at one have this from or had by "
+         "word but what some we can out other were all there when up use your how said an each she which do their "
+         "time if will way about many then them write would like so these her long make thing see him two has look "
+         "more day could go come did number sound no most people my over know water than call first who may down "
+         "side been now find any new work part take get place made live where after back little only round man year "
+         "def return import class print self value list data function python code error file").split()
+
+
+def synthetic_sharegpt(path: Path, n: int, seed: int = 0) -> Path:
+    """n ShareGPT rows: optional system prompt, 1-4 exchanges, long-tailed lengths (median ~350 words)."""
+    rng = np.random.default_rng(seed)
+    words = np.array(WORDS)
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            total = int(np.clip(rng.lognormal(5.8, 0.8), 20, 3000))
+            turns = int(rng.integers(1, 5))
+            conv = []
+            if rng.random() < 0.3:
+                conv.append({"from": "system", "value": "You are Hermes, a helpful assistant."})
+            for _ in range(turns):
+                q = max(3, int(total * 0.3 / turns))
+                a = max(3, int(total * 0.7 / turns))
+                conv.append({"from": "human", "value": f"#{i} " + " ".join(rng.choice(words, q))})
+                conv.append({"from": "gpt", "value": " ".join(rng.choice(words, a))})
+            f.write(json.dumps({"conversations": conv}) + "\n")
+    return path
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def timer(results: dict, name: str):
+    t = time.perf_counter()
+    yield
+    results[name] = time.perf_counter() - t
+
+
+class PeakRSS:
+    """Peak resident memory above the level at start, sampled from /proc every 20 ms."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._stop = threading.Event()
+        self.start = self._rss()
+        self.peak = self.start
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mb(self) -> float:
+        return (self.peak - self.start) / 2**20
