@@ -18,7 +18,9 @@ SET_HELP = "Override a recipe key: --set key=value (repeatable; values are YAML)
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -55,9 +57,9 @@ def data_prepare(
     inspect(prep.path, console=Console())
     details = prep.report["rows"]["details"]
     for d in details[:20]:
-        console.print(f"  dropped {d['where']}: {d['reason']} {d['detail']}")
+        typer.echo(f"  dropped {d['where']}: {d['reason']} {d['detail']}", err=True)
     if len(details) > 20:
-        console.print(f"  … and {len(details) - 20} more (all in {prep.path / 'report.json'})")
+        typer.echo(f"  … and {len(details) - 20} more (all in {prep.path / 'report.json'})", err=True)
 
 
 @data_app.command("inspect")
@@ -126,6 +128,7 @@ def _demo_report(recipe, result) -> None:
     untrained_model, _ = load_model(ensure_base_model(recipe), tok)
     untrained = demo_report.score(untrained_model, tok, items)
     Console().print(demo_report.table(trained, untrained))
+    demo_report.save(result.out_dir / "demo_report.json", trained, untrained)
 
 
 @app.command()

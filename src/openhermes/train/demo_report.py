@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -81,3 +83,7 @@ def table(trained: DemoScores, untrained: DemoScores) -> str:
         lines.append(f"  {k:<10} target {demo.LENGTH_WORDS[k]:>3}   trained {v:5.1f}   "
                      f"untrained {untrained.roleplay_words.get(k, 0.0):5.1f}")
     return "\n".join(lines)
+
+
+def save(path: Path, trained: DemoScores, untrained: DemoScores) -> None:
+    path.write_text(json.dumps({"trained": asdict(trained), "untrained": asdict(untrained)}, indent=1))
