@@ -76,9 +76,8 @@ class ConversationTokenizer:
                 ids, labels = self._encode_pieces(segs)
             else:
                 ids = np.asarray(enc.ids, dtype=np.int32)
-                offs = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)[:, 0]
-                seg_of = np.searchsorted(starts, offs, side="right") - 1
-                labels = np.where(train[seg_of], ids, IGNORE).astype(np.int32)
+                mask = _train_mask(enc, starts, train, len(ids))
+                labels = np.where(mask, ids, IGNORE).astype(np.int32)
             out.append(self._finish(ids, labels, conv))
         return out
 
@@ -125,6 +124,21 @@ class ConversationTokenizer:
             # learned from the previous sample's last position either.
             labels[0] = IGNORE
         return Sample(ids, labels, conv.where, conv.dataset)
+
+
+def _train_mask(enc, starts: np.ndarray, train: np.ndarray, n_tokens: int) -> np.ndarray:
+    """Per-token "trained?" from the character offsets: a token belongs to the segment holding its
+    first character. Looks up one boundary token per segment instead of converting every offset."""
+    bounds = np.empty(len(starts) + 1, dtype=np.int64)
+    bounds[-1] = n_tokens
+    for k, s in enumerate(starts.tolist()):
+        t = enc.char_to_token(s)
+        if t is None:  # a character no token covers (a normalizer dropped it): use every offset
+            offs = np.fromiter((o[0] for o in enc.offsets), dtype=np.int64, count=n_tokens)
+            return train[np.searchsorted(starts, offs, side="right") - 1]
+        bounds[k] = t + 1 if enc.token_to_chars(t)[0] < s else t  # a straddling token stays with the earlier one
+    bounds = np.maximum.accumulate(bounds)
+    return np.repeat(train, np.diff(bounds))
 
 
 def fit_length(sample: Sample, max_len: int, policy: str) -> tuple[Sample | None, str]:
