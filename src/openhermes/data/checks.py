@@ -156,12 +156,11 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint32(16))
 
 
-def check_all(items: Iterable, report: DropReport, *, dedup: bool = True, near_threshold: float | None = 0.9,
+def check_all(items: Iterable, report: DropReport, *, dedup: Deduplicator | None = None,
               refusal_phrases: Iterable[str] | None = DEFAULT_REFUSALS) -> Iterator[Conversation]:
     """Conversations that pass every check; every other row is recorded in `report`."""
     from openhermes.data.readers import RowError
 
-    dedup_ = Deduplicator(near_threshold) if dedup else None
     phrases = tuple(refusal_phrases or ())
     for item in items:
         report.rows_in += 1
@@ -171,8 +170,8 @@ def check_all(items: Iterable, report: DropReport, *, dedup: bool = True, near_t
         bad = validate(item)
         if bad is None and phrases and (hit := refusal(item, phrases)):
             bad = ("refusal", f"assistant says {hit!r}")
-        if bad is None and dedup_ is not None:
-            bad = dedup_.check(item)
+        if bad is None and dedup is not None:
+            bad = dedup.check(item)
         if bad is not None:
             report.drop(item.where, *bad)
             continue

@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 from collections import Counter, defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,45 +158,39 @@ def prepare(recipe, tokenizer, out_dir: str | Path | None = None, strict: bool =
 
     report = checks.DropReport()
     phrases = (recipe.refusal_phrases or checks.DEFAULT_REFUSALS) if recipe.refusal_filter else ()
-    dedup_shared = checks.Deduplicator(recipe.near_dedup_threshold) if recipe.dedup else None
-    per_set: dict[str, list] = {}
-    for spec, path in zip(recipe.datasets, paths, strict=True):
-        label = spec.label or spec.path
-        items = read_records(path, spec.type, spec.split, spec.name, spec.data_files, label=label)
-        bar = tqdm(items, desc=f"read+check {Path(label).name}", unit=" rows", disable=not progress)
-        kept = list(checks.check_all(bar, report, dedup=False, refusal_phrases=phrases))
-        if dedup_shared is not None:  # dedup across all data sets, not only within one
-            unique = []
-            for c in kept:
-                if bad := dedup_shared.check(c):
-                    report.drop(c.where, *bad)
-                else:
-                    unique.append(c)
-            kept = unique
-        for c in kept:
-            c.meta["format"] = spec.format or recipe.prompt_format
-        per_set[label] = per_set.get(label, []) + kept
-    shares = {(d.label or d.path): d.share for d in recipe.datasets}
-    convs = _mix(per_set, shares, recipe.seed, report)
-
+    # One deduplicator for all data sets, so duplicates across them are found too.
+    dedup = checks.Deduplicator(recipe.near_dedup_threshold) if recipe.dedup else None
     encoders: dict[str, ConversationTokenizer] = {}
-    samples: list[Sample] = []
-    bar = tqdm(total=len(convs), desc="tokenize", unit=" conv", disable=not progress)
-    by_format: dict[str, list] = defaultdict(list)
-    for c in convs:
-        by_format[c.meta["format"]].append(c)
-    for fmt, group in by_format.items():
-        enc = encoders.setdefault(fmt, ConversationTokenizer(
-            tokenizer, fmt, tuple(recipe.roles_to_train), recipe.train_on_inputs, recipe.add_bos))
-        for i in range(0, len(group), BATCH):
-            for s in enc.encode_batch(group[i:i + BATCH]):
-                fitted, why = fit_length(s, recipe.sequence_len, recipe.long_samples)
+    per_set: dict[str, list[Sample]] = defaultdict(list)
+    # Each chunk is tokenized on a worker thread (the Rust tokenizer releases the GIL) while this
+    # thread reads and checks the next chunk: the Python work hides behind the tokenizer's.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: list[tuple[str, Future]] = []
+        for spec, path in zip(recipe.datasets, paths, strict=True):
+            label = spec.label or spec.path
+            fmt = spec.format or recipe.prompt_format
+            enc = encoders.setdefault(fmt, ConversationTokenizer(
+                tokenizer, fmt, tuple(recipe.roles_to_train), recipe.train_on_inputs, recipe.add_bos))
+            items = read_records(path, spec.type, spec.split, spec.name, spec.data_files, label=label)
+            bar = tqdm(items, desc=f"read+check+tokenize {Path(label).name}", unit=" rows", disable=not progress)
+            chunk: list = []
+            for conv in checks.check_all(bar, report, dedup=dedup, refusal_phrases=phrases):
+                chunk.append(conv)
+                if len(chunk) == BATCH:
+                    pending.append((label, pool.submit(enc.encode_batch, chunk)))
+                    chunk = []
+            if chunk:
+                pending.append((label, pool.submit(enc.encode_batch, chunk)))
+        for label, future in pending:
+            for sample in future.result():
+                fitted, why = fit_length(sample, recipe.sequence_len, recipe.long_samples)
                 if fitted is None:
-                    report.drop(s.where, why.split(" (")[0], why)
+                    report.drop(sample.where, why.split(" (")[0], why)
                 else:
-                    samples.append(fitted)
-            bar.update(min(BATCH, len(group) - i))
-    bar.close()
+                    per_set[label].append(fitted)
+    shares = {(d.label or d.path): d.share for d in recipe.datasets}
+    samples = _mix({(d.label or d.path): per_set[d.label or d.path] for d in recipe.datasets}, shares,
+                   recipe.seed, report)
     report.kept = len(samples)
     assert report.balanced(), "row accounting is off: a row was lost"
     if strict and report.n_dropped:
