@@ -2,7 +2,7 @@
 (BFD-packed rows, no padding) against TRL's SFTTrainer with its default padded batches, same data,
 model and hyperparameters, in one process. Target: openhermes >= 1.5x. Also peak memory of both.
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 40]
+    .venv/bin/python benchmarks/train_throughput.py [--steps 80]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from _common import CHATML_TRAINING_TEMPLATE, PeakRSS
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--batch", type=int, default=8, help="micro batch (rows for openhermes, conversations for TRL)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -31,6 +31,7 @@ def main() -> None:
     from openhermes.config import load_recipe
     from openhermes.data.prepare import resolve_dataset_path
     from openhermes.data.readers import read_records
+    from openhermes.model.load import use_bf16
     from openhermes.train.run import build, ensure_base_model
 
     work = Path(tempfile.mkdtemp(prefix="ohtrain-"))
@@ -58,7 +59,7 @@ def main() -> None:
     cfg = SFTConfig(output_dir=str(work / "trl"), per_device_train_batch_size=args.batch, max_steps=args.steps,
                     learning_rate=recipe.learning_rate, lr_scheduler_type="constant", max_length=recipe.sequence_len,
                     assistant_only_loss=True, report_to=[], logging_steps=1000, save_strategy="no", use_cpu=True,
-                    disable_tqdm=True, seed=recipe.seed)
+                    disable_tqdm=True, seed=recipe.seed, bf16=use_bf16(recipe.bf16))  # same precision as ours
     trl = SFTTrainer(model=model, args=cfg, train_dataset=datasets.Dataset.from_list(rows), processing_class=trl_tok)
     trained = {"n": 0}
     inner = trl.data_collator
@@ -75,7 +76,8 @@ def main() -> None:
         dt_trl = time.perf_counter() - t
     rate_trl = trained["n"] / dt_trl
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps, micro batch {args.batch}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps, micro batch {args.batch}, "
+          f"bf16 {use_bf16(recipe.bf16)}")
     print(f"openhermes: {counter.trained:,} trained tokens in {dt_ours:.1f} s = {rate_ours:,.0f} trained tok/s, "
           f"peak RSS +{mem_ours.mb:,.0f} MB")
     print(f"TRL SFTTrainer (padded): {trained['n']:,} trained tokens in {dt_trl:.1f} s = {rate_trl:,.0f} trained tok/s, "
