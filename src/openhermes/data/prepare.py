@@ -162,9 +162,9 @@ def prepare(recipe, tokenizer, out_dir: str | Path | None = None, strict: bool =
     dedup = checks.Deduplicator(recipe.near_dedup_threshold) if recipe.dedup else None
     encoders: dict[str, ConversationTokenizer] = {}
     per_set: dict[str, list[Sample]] = defaultdict(list)
-    # Each chunk is tokenized on a worker thread (the Rust tokenizer releases the GIL) while this
-    # thread reads and checks the next chunk: the Python work hides behind the tokenizer's.
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # Chunks are tokenized on worker threads (the Rust tokenizer releases the GIL) while this thread
+    # reads and checks the next chunk: the Python work hides behind the tokenizer's.
+    with ThreadPoolExecutor(max_workers=2) as pool:
         pending: list[tuple[str, Future]] = []
         for spec, path in zip(recipe.datasets, paths, strict=True):
             label = spec.label or spec.path

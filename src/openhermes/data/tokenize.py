@@ -23,13 +23,14 @@ class Sample:
     labels: np.ndarray  # int32, IGNORE where not trained
     where: str
     dataset: str
+    n_trained: int = -1  # counted once on creation
+
+    def __post_init__(self) -> None:
+        if self.n_trained < 0:
+            self.n_trained = int(np.count_nonzero(self.labels != IGNORE))
 
     def __len__(self) -> int:
         return len(self.input_ids)
-
-    @property
-    def n_trained(self) -> int:
-        return int((self.labels != IGNORE).sum())
 
 
 class ConversationTokenizer:
