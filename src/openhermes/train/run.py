@@ -130,7 +130,7 @@ def training_arguments(recipe: Recipe, out_dir: Path, steps_per_epoch: int, show
         save_total_limit=recipe.save_total_limit,
         seed=recipe.seed,
         data_seed=recipe.seed,
-        report_to=["tensorboard"],
+        report_to=[],  # TensorBoard is added as a callback bound to this run's folder
         remove_unused_columns=False,
         disable_tqdm=True,  # our own bar shows loss, lr and tokens/s
         dataloader_num_workers=0,
@@ -140,6 +140,14 @@ def training_arguments(recipe: Recipe, out_dir: Path, steps_per_epoch: int, show
         fsdp_config=recipe.fsdp_config,
         use_cpu=not cuda,
     )
+
+
+def _tensorboard(out_dir: Path):
+    """TensorBoard events in <out>/tensorboard (an env var would leak into the next run in-process)."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "tensorboard")))
 
 
 def build(recipe: Recipe, out_dir: Path, show_progress: bool = True, cache: Path = DEFAULT_CACHE):
@@ -167,13 +175,12 @@ def build(recipe: Recipe, out_dir: Path, show_progress: bool = True, cache: Path
     steps_per_epoch = max(1, len(data["train"]) // (recipe.global_batch_size * world))
     args = training_arguments(recipe, out_dir, steps_per_epoch, show_progress)
     counter = TokenCounter()
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out_dir / "tensorboard"))
     trainer = OpenHermesTrainer(
         model=model, args=args, train_dataset=data["train"],
         eval_dataset=data["validation"] if "validation" in data else None,
         data_collator=PackedCollator(tokenizer.pad_token_id, recipe.sequence_len if recipe.pad_to_sequence_len else None),
         processing_class=tokenizer, token_counter=counter,
-        callbacks=[ProgressAndLog(out_dir / "log.jsonl", counter, show_progress)],
+        callbacks=[ProgressAndLog(out_dir / "log.jsonl", counter, show_progress), _tensorboard(out_dir)],
     )
     trainer.remove_callback(PrinterCallback)  # our bar and log.jsonl replace the raw dict prints
     return trainer, tokenizer, prepared, counter, neftune
