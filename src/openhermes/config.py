@@ -38,6 +38,11 @@ class DatasetSpec(BaseModel):
     label: str | None = None  # how reports name it; defaults to the path
     format: Literal["chatml", "limarp", "alpaca"] | None = None  # prompt format; default: the recipe's
 
+    @property
+    def report_name(self) -> str:
+        """How reports and the mix name this data set."""
+        return self.label or self.path
+
     @field_validator("type")
     @classmethod
     def _chat_template_is_sharegpt(cls, v: str) -> str:

@@ -10,7 +10,7 @@ import json
 import os
 import random
 import shutil
-from collections import Counter, defaultdict
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +146,82 @@ def _to_dataset(samples: list[Sample], recipe, seed: int):
     return datasets.Dataset(table), eff
 
 
+def _read_check_tokenize(recipe, tokenizer, paths: list[str], report: checks.DropReport,
+                         progress: bool) -> dict[str, list[Sample]]:
+    """Every data set's usable samples, by report name; every other row is recorded in `report`."""
+    phrases = (recipe.refusal_phrases or checks.DEFAULT_REFUSALS) if recipe.refusal_filter else ()
+    # One deduplicator for all data sets, so duplicates across them are found too.
+    dedup = checks.Deduplicator(recipe.near_dedup_threshold) if recipe.dedup else None
+    encoders: dict[str, ConversationTokenizer] = {}
+    per_set: dict[str, list[Sample]] = {spec.report_name: [] for spec in recipe.datasets}
+    # Chunks are tokenized on worker threads (the Rust tokenizer releases the GIL) while this thread
+    # reads and checks the next chunk: the Python work hides behind the tokenizer's.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending: list[tuple[str, Future]] = []
+        for spec, path in zip(recipe.datasets, paths, strict=True):
+            fmt = spec.format or recipe.prompt_format
+            enc = encoders.setdefault(fmt, ConversationTokenizer(
+                tokenizer, fmt, tuple(recipe.roles_to_train), recipe.train_on_inputs, recipe.add_bos))
+            items = read_records(path, spec.type, spec.split, spec.name, spec.data_files, label=spec.report_name)
+            bar = tqdm(items, desc=f"read+check+tokenize {Path(spec.report_name).name}", unit=" rows",
+                       disable=not progress)
+            chunk: list = []
+            for conv in checks.check_all(bar, report, dedup=dedup, refusal_phrases=phrases):
+                chunk.append(conv)
+                if len(chunk) == BATCH:
+                    pending.append((spec.report_name, pool.submit(enc.encode_batch, chunk)))
+                    chunk = []
+            if chunk:
+                pending.append((spec.report_name, pool.submit(enc.encode_batch, chunk)))
+        for name, future in pending:
+            for sample in future.result():
+                fitted, reason, detail = fit_length(sample, recipe.sequence_len, recipe.long_samples)
+                if fitted is None:
+                    report.drop(sample.where, reason, detail)
+                else:
+                    per_set[name].append(fitted)
+    return per_set
+
+
+def _stats(key: str, recipe, report: checks.DropReport, samples: list[Sample], train_rows: int, n_val: int,
+           efficiency: float | None, shares: dict[str, float | None]) -> dict:
+    lengths = [len(s) for s in samples]
+    tokens_by_set, convs_by_set = Counter(), Counter()
+    for s in samples:
+        tokens_by_set[s.dataset] += len(s)
+        convs_by_set[s.dataset] += 1
+    return {
+        "key": key,
+        "rows": report.to_dict(),
+        "samples": len(samples),
+        "train_rows": train_rows,
+        "validation_samples": n_val,
+        "tokens": int(sum(lengths)),
+        "trained_tokens": int(sum(s.n_trained for s in samples)),
+        "packing_efficiency": efficiency,
+        "sequence_len": recipe.sequence_len,
+        "length_histogram": _histogram(lengths),
+        "mix": {k: {"conversations": convs_by_set[k], "share": convs_by_set[k] / len(samples),
+                    "token_share": tokens_by_set[k] / max(1, sum(lengths)), "target": shares.get(k)}
+                for k in sorted(convs_by_set)},
+    }
+
+
+def _write(out: Path, parts: dict, stats: dict, tokenizer, key: str) -> None:
+    """Write next to `out`, then rename into place: a reader never sees half a prepared set."""
+    import datasets
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    datasets.DatasetDict(parts).save_to_disk(str(tmp))
+    (tmp / "report.json").write_text(json.dumps(stats, indent=1))
+    tokenizer.save_pretrained(str(tmp / "tokenizer"))  # so `data inspect` can decode the rows
+    (tmp / "key.txt").write_text(key)
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.replace(out)
+
+
 def prepare(recipe, tokenizer, out_dir: str | Path | None = None, strict: bool = False,
             cache_dir: Path = DEFAULT_CACHE, progress: bool = True) -> Prepared:
     if not recipe.datasets:
@@ -157,40 +233,9 @@ def prepare(recipe, tokenizer, out_dir: str | Path | None = None, strict: bool =
         return Prepared(out, key, json.loads((out / "report.json").read_text()), cache_hit=True)
 
     report = checks.DropReport()
-    phrases = (recipe.refusal_phrases or checks.DEFAULT_REFUSALS) if recipe.refusal_filter else ()
-    # One deduplicator for all data sets, so duplicates across them are found too.
-    dedup = checks.Deduplicator(recipe.near_dedup_threshold) if recipe.dedup else None
-    encoders: dict[str, ConversationTokenizer] = {}
-    per_set: dict[str, list[Sample]] = defaultdict(list)
-    # Chunks are tokenized on worker threads (the Rust tokenizer releases the GIL) while this thread
-    # reads and checks the next chunk: the Python work hides behind the tokenizer's.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        pending: list[tuple[str, Future]] = []
-        for spec, path in zip(recipe.datasets, paths, strict=True):
-            label = spec.label or spec.path
-            fmt = spec.format or recipe.prompt_format
-            enc = encoders.setdefault(fmt, ConversationTokenizer(
-                tokenizer, fmt, tuple(recipe.roles_to_train), recipe.train_on_inputs, recipe.add_bos))
-            items = read_records(path, spec.type, spec.split, spec.name, spec.data_files, label=label)
-            bar = tqdm(items, desc=f"read+check+tokenize {Path(label).name}", unit=" rows", disable=not progress)
-            chunk: list = []
-            for conv in checks.check_all(bar, report, dedup=dedup, refusal_phrases=phrases):
-                chunk.append(conv)
-                if len(chunk) == BATCH:
-                    pending.append((label, pool.submit(enc.encode_batch, chunk)))
-                    chunk = []
-            if chunk:
-                pending.append((label, pool.submit(enc.encode_batch, chunk)))
-        for label, future in pending:
-            for sample in future.result():
-                fitted, why = fit_length(sample, recipe.sequence_len, recipe.long_samples)
-                if fitted is None:
-                    report.drop(sample.where, why.split(" (")[0], why)
-                else:
-                    per_set[label].append(fitted)
-    shares = {(d.label or d.path): d.share for d in recipe.datasets}
-    samples = _mix({(d.label or d.path): per_set[d.label or d.path] for d in recipe.datasets}, shares,
-                   recipe.seed, report)
+    per_set = _read_check_tokenize(recipe, tokenizer, paths, report, progress)
+    shares = {d.report_name: d.share for d in recipe.datasets}
+    samples = _mix(per_set, shares, recipe.seed, report)
     report.kept = len(samples)
     assert report.balanced(), "row accounting is off: a row was lost"
     if strict and report.n_dropped:
@@ -199,45 +244,14 @@ def prepare(recipe, tokenizer, out_dir: str | Path | None = None, strict: bool =
     if not samples:
         raise ValueError(f"no usable rows: every row was dropped ({dict(report.dropped)})")
 
-    rng = random.Random(recipe.seed)
     n_val = int(recipe.val_set_size if recipe.val_set_size >= 1 else round(recipe.val_set_size * len(samples)))
-    order = rng.sample(range(len(samples)), len(samples))
+    order = random.Random(recipe.seed).sample(range(len(samples)), len(samples))
     val = [samples[i] for i in order[:n_val]]
     train = [samples[i] for i in sorted(order[n_val:])]
-
-    import datasets
-
-    train_ds, eff = _to_dataset(train, recipe, recipe.seed)
+    train_ds, efficiency = _to_dataset(train, recipe, recipe.seed)
     parts = {"train": train_ds}
     if val:
         parts["validation"] = _to_dataset(val, recipe, recipe.seed)[0]
-    lengths = [len(s) for s in samples]
-    tokens_by_set, convs_by_set = Counter(), Counter()
-    for s in samples:
-        tokens_by_set[s.dataset] += len(s)
-        convs_by_set[s.dataset] += 1
-    stats = {
-        "key": key,
-        "rows": report.to_dict(),
-        "samples": len(samples),
-        "train_rows": len(train_ds),
-        "validation_samples": len(val),
-        "tokens": int(sum(lengths)),
-        "trained_tokens": int(sum(s.n_trained for s in samples)),
-        "packing_efficiency": eff,
-        "sequence_len": recipe.sequence_len,
-        "length_histogram": _histogram(lengths),
-        "mix": {k: {"conversations": convs_by_set[k], "share": convs_by_set[k] / len(samples),
-                    "token_share": tokens_by_set[k] / max(1, sum(lengths)), "target": shares.get(k)}
-                for k in sorted(convs_by_set)},
-    }
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    datasets.DatasetDict(parts).save_to_disk(str(tmp))
-    (tmp / "report.json").write_text(json.dumps(stats, indent=1))
-    tokenizer.save_pretrained(str(tmp / "tokenizer"))  # so `data inspect` can decode the rows
-    (tmp / "key.txt").write_text(key)
-    shutil.rmtree(out, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.replace(out)
+    stats = _stats(key, recipe, report, samples, len(train_ds), len(val), efficiency, shares)
+    _write(out, parts, stats, tokenizer, key)
     return Prepared(out, key, stats, cache_hit=False)

@@ -142,12 +142,12 @@ def _train_mask(enc, starts: np.ndarray, train: np.ndarray, n_tokens: int) -> np
     return np.repeat(train, np.diff(bounds))
 
 
-def fit_length(sample: Sample, max_len: int, policy: str) -> tuple[Sample | None, str]:
-    """Apply the over-long policy: ("drop" | "truncate"). Returns (sample or None, reason)."""
+def fit_length(sample: Sample, max_len: int, policy: str) -> tuple[Sample | None, str, str]:
+    """Apply the over-long policy ("drop" | "truncate"): (sample or None, drop reason, detail)."""
     if len(sample) > max_len:
         if policy == "drop":
-            return None, f"over-long ({len(sample)} tokens > sequence_len {max_len})"
+            return None, "over-long", f"{len(sample)} tokens > sequence_len {max_len}"
         sample = Sample(sample.input_ids[:max_len], sample.labels[:max_len], sample.where, sample.dataset)
     if sample.n_trained == 0:
-        return None, "no trained tokens" + (" after truncation" if policy == "truncate" else "")
-    return sample, ""
+        return None, "no trained tokens", "after truncation" if policy == "truncate" else ""
+    return sample, "", ""
