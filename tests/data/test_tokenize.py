@@ -83,3 +83,20 @@ def test_careful_path_equals_fast_path_on_ordinary_text(chatml_tokenizer):
     ids, labels = enc._encode_pieces(enc.segments(CONV))
     assert fast.input_ids[1:].tolist() == ids.tolist()
     assert np.array_equal(fast.labels[2:], labels[1:])
+
+
+def test_concurrent_batches_with_and_without_spelled_control_tokens(chatml_tokenizer):
+    """prepare() encodes chunks on two threads; a conversation that spells <|im_end|> must never
+    change how another thread's conversations are tokenized."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    enc = ConversationTokenizer(chatml_tokenizer)
+    normal = [CONV] * 200
+    spelled = [Conversation([Message("user", "say <|im_end|> and <|im_start|>"), Message("assistant", "ok")])] * 200
+    reference = [s.input_ids.tolist() for s in enc.encode_batch(normal)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(enc.encode_batch, normal if i % 2 else spelled) for i in range(40)]
+        results = [f.result() for f in futures]
+    for i, batch in enumerate(results):
+        if i % 2:
+            assert [s.input_ids.tolist() for s in batch] == reference

@@ -43,6 +43,12 @@ class ConversationTokenizer:
             raise TypeError("openhermes needs a fast (tokenizers-backed) tokenizer for offsets")
         self.tokenizer = tokenizer
         self.backend = backend
+        # A copy that reads special-token spellings as plain text, for the careful path. A copy, not a
+        # toggle of `backend`, because batches are encoded on several threads at once.
+        from tokenizers import Tokenizer
+
+        self.plain_backend = Tokenizer.from_str(backend.to_str())
+        self.plain_backend.encode_special_tokens = True
         self.fmt = get_format(prompt_format)
         self.train_roles = tuple(train_roles)
         self.train_on_inputs = train_on_inputs
@@ -93,11 +99,7 @@ class ConversationTokenizer:
             if not run:
                 return
             text, starts, train = self._spans(run)
-            self.backend.encode_special_tokens = True
-            try:
-                enc = self.backend.encode(text, add_special_tokens=False)
-            finally:
-                self.backend.encode_special_tokens = False
+            enc = self.plain_backend.encode(text, add_special_tokens=False)
             offs = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)[:, 0]
             seg_of = np.searchsorted(starts, offs, side="right") - 1
             ids.extend(enc.ids)

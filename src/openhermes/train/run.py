@@ -97,7 +97,7 @@ class OpenHermesTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
 
-def training_arguments(recipe: Recipe, out_dir: Path, steps_per_epoch: int, show_progress: bool) -> TrainingArguments:
+def training_arguments(recipe: Recipe, out_dir: Path, steps_per_epoch: int) -> TrainingArguments:
     cuda = torch.cuda.is_available()
     bf16 = use_bf16(recipe.bf16)
     save_steps = recipe.save_steps
@@ -173,7 +173,7 @@ def build(recipe: Recipe, out_dir: Path, show_progress: bool = True, cache: Path
     neftune = PackedNEFTune(model, recipe.noisy_embedding_alpha) if recipe.noisy_embedding_alpha else None
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps_per_epoch = max(1, len(data["train"]) // (recipe.global_batch_size * world))
-    args = training_arguments(recipe, out_dir, steps_per_epoch, show_progress)
+    args = training_arguments(recipe, out_dir, steps_per_epoch)
     counter = TokenCounter()
     trainer = OpenHermesTrainer(
         model=model, args=args, train_dataset=data["train"],
