@@ -8,7 +8,7 @@ come only from control segments: text inside a message that spells one is tokeni
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,11 +23,10 @@ class Sample:
     labels: np.ndarray  # int32, IGNORE where not trained
     where: str
     dataset: str
-    n_trained: int = -1  # counted once on creation
+    n_trained: int = field(init=False)  # counted once on creation
 
     def __post_init__(self) -> None:
-        if self.n_trained < 0:
-            self.n_trained = int(np.count_nonzero(self.labels != IGNORE))
+        self.n_trained = int(np.count_nonzero(self.labels != IGNORE))
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -100,10 +99,9 @@ class ConversationTokenizer:
                 return
             text, starts, train = self._spans(run)
             enc = self.plain_backend.encode(text, add_special_tokens=False)
-            offs = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)[:, 0]
-            seg_of = np.searchsorted(starts, offs, side="right") - 1
+            mask = _train_mask(enc, starts, train, len(enc.ids))
             ids.extend(enc.ids)
-            labels.extend(t if train[s] else IGNORE for t, s in zip(enc.ids, seg_of, strict=True))
+            labels.extend(np.where(mask, enc.ids, IGNORE).tolist())
             run.clear()
 
         for s in segs:

@@ -143,11 +143,13 @@ def training_arguments(recipe: Recipe, out_dir: Path, steps_per_epoch: int) -> T
 
 
 def _tensorboard(out_dir: Path):
-    """TensorBoard events in <out>/tensorboard (an env var would leak into the next run in-process)."""
+    """TensorBoard events in <out>/tensorboard (an env var would leak into the next run in-process).
+    Only rank 0 logs, so only rank 0 opens a writer."""
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
-    return TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "tensorboard")))
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    return TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "tensorboard")) if rank0 else None)
 
 
 def build(recipe: Recipe, out_dir: Path, show_progress: bool = True, cache: Path = DEFAULT_CACHE):
