@@ -87,6 +87,14 @@ class ConversationTokenizer:
             out.append(self._finish(ids, labels, conv))
         return out
 
+    def prompt_ids(self, conv: Conversation, length: str | None = None) -> list[int]:
+        """A generation prompt (the conversation plus the reply header), tokenized the way training
+        tokenized it; control tokens only where the format puts them. `length`: LimaRP's modifier."""
+        kwargs = {"length": length} if length is not None else {}
+        segs = self.fmt.segments(conv, add_generation_prompt=True, **kwargs)
+        ids, _ = self._encode_pieces(segs)
+        return ([self.bos_id] if self.bos_id is not None else []) + ids.tolist()
+
     def _encode_pieces(self, segs: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
         """The careful path, for a conversation whose text spells a control token: each run of text
         between real control tokens is encoded with special-token matching off."""

@@ -1,0 +1,111 @@
+"""A running batch: sequences decode together over one KV cache; they may join and leave between steps.
+
+Our own decode loop, because transformers' generate() and its continuous-batching manager apply
+one generation config to every row, and requests here each have their own samplers and stop
+strings, join while others run, and can be cancelled.
+
+Layout: every row of the cache is [left padding][its real tokens], aligned on the right, with a
+2-D attention mask marking the padding and per-row position ids. A new sequence is prefilled
+alone (no padding, so exactly its unbatched computation) and then merged in by left-padding.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from openhermes.infer.sequence import Sequence
+
+
+def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
+    """Pad dim 2 of a (B, H, T, D) cache tensor (or dim 1 of a (B, T) mask) on the left to `length`."""
+    dim = 2 if t.dim() == 4 else 1
+    missing = length - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+class Batch:
+    def __init__(self, model):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.rows: list[Sequence] = []
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # (B, T) 1 = real token
+        self.positions: torch.Tensor | None = None  # (B,) position id of each row's next token
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @torch.inference_mode()
+    def add(self, seq: Sequence) -> None:
+        """Prefill a new sequence, sample its first token, and merge it into the batch."""
+        if seq.cancelled.is_set():
+            seq.finish_cancelled()
+            return
+        ids = torch.tensor([seq.ids], device=self.device)
+        cache = DynamicCache()
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        seq.push(seq.sampler(ids[0], out.logits[0, -1]))
+        if seq.done:
+            return
+        mask = torch.ones_like(ids)
+        pos = torch.tensor([ids.shape[1]], device=self.device)
+        if self.cache is None:
+            self.cache, self.mask, self.positions, self.rows = cache, mask, pos, [seq]
+            return
+        length = max(self.mask.shape[1], mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([_left_pad(mine.keys, length), _left_pad(theirs.keys, length)])
+            mine.values = torch.cat([_left_pad(mine.values, length), _left_pad(theirs.values, length)])
+        self.mask = torch.cat([_left_pad(self.mask, length), _left_pad(mask, length)])
+        self.positions = torch.cat([self.positions, pos])
+        self.rows.append(seq)
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """One token for every row; finished and cancelled rows leave the batch."""
+        if not self.rows:
+            return
+        for seq in self.rows:
+            if seq.cancelled.is_set():
+                seq.finish_cancelled()
+        live = [i for i, s in enumerate(self.rows) if not s.done]
+        if len(live) < len(self.rows):
+            self._keep(live)
+            if not self.rows:
+                return
+        last = torch.tensor([[s.ids[-1]] for s in self.rows], device=self.device)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
+        out = self.model(input_ids=last, attention_mask=self.mask, position_ids=self.positions[:, None],
+                         past_key_values=self.cache, use_cache=True)
+        self.positions = self.positions + 1
+        logits = out.logits[:, -1]
+        greedy = [s.sampler.params.greedy and not s.sampler.needs_context for s in self.rows]
+        argmax = logits.argmax(-1).tolist() if any(greedy) else None
+        for i, seq in enumerate(self.rows):
+            if greedy[i]:
+                seq.push(argmax[i])
+            else:
+                seq.push(seq.sampler(torch.tensor(seq.ids, device=self.device), logits[i]))
+        live = [i for i, s in enumerate(self.rows) if not s.done]
+        if len(live) < len(self.rows):
+            self._keep(live)
+
+    def _keep(self, live: list[int]) -> None:
+        """Drop finished rows, then the left columns that are padding in every remaining row."""
+        if not live:
+            self.rows, self.cache, self.mask, self.positions = [], None, None, None
+            return
+        index = torch.tensor(live, device=self.device)
+        self.rows = [self.rows[i] for i in live]
+        self.mask = self.mask[index]
+        self.positions = self.positions[index]
+        pad = int((self.mask.cumsum(1) == 0).sum(1).min())
+        self.mask = self.mask[:, pad:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[index, :, pad:]
+            layer.values = layer.values[index, :, pad:]

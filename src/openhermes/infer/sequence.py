@@ -1,0 +1,126 @@
+"""One request being generated: its tokens, its text, and when it stops.
+
+Text is decoded incrementally (tokenizers' DecodeStream) so a delta never splits a multi-byte
+character. Stop strings are matched on the decoded text, so one spanning several tokens is
+caught; text that could be the start of a stop string is held back until it is decided, and the
+stop string itself is never returned.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tokenizers.decoders import DecodeStream
+
+from openhermes.infer.sampling import Sampler, SamplingParams
+
+
+class ContextWindowError(ValueError):
+    """A prompt that does not fit the model's context window."""
+
+
+@dataclass
+class GenerationRequest:
+    prompt_ids: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # keep going past eos / <|im_end|> (tests and benchmarks only)
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+# on_delta(text) is called with each new piece of text; on_done(result) once at the end.
+DeltaCallback = Callable[[str], None]
+DoneCallback = Callable[[GenerationResult], None]
+
+
+class Sequence:
+    def __init__(self, request: GenerationRequest, *, backend, stop_ids: frozenset[int], max_total: int,
+                 device, on_delta: DeltaCallback | None = None, on_done: DoneCallback | None = None):
+        self.request = request
+        self.sampler = Sampler(request.params, device=device)
+        self.backend = backend
+        self.stop_ids = frozenset() if request.ignore_eos else stop_ids
+        self.stops = tuple(s for s in request.stop if s)
+        self.max_new = min(request.max_new_tokens, max_total - len(request.prompt_ids))
+        self.ids = list(request.prompt_ids)
+        self.generated: list[int] = []
+        self.decoder = DecodeStream(skip_special_tokens=True)
+        self.text = ""
+        self.emitted = 0
+        self.finish_reason: str | None = None
+        self.cancelled = threading.Event()
+        self.on_delta = on_delta
+        self.on_done = on_done
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def cancel(self) -> None:
+        """Ask the engine to stop this sequence at its next step (thread-safe)."""
+        self.cancelled.set()
+
+    def push(self, token: int) -> None:
+        """Take one sampled token: update text, check stops and limits, report the new text."""
+        if token in self.stop_ids:
+            self.finish_reason = "stop"
+        else:
+            self.generated.append(token)
+            self.ids.append(token)
+            piece = self.decoder.step(self.backend, token)
+            if piece:
+                searched = len(self.text)
+                self.text += piece
+                self._find_stop(searched)
+            if not self.done and len(self.generated) >= self.max_new:
+                self.finish_reason = "length"
+        self._emit()
+
+    def finish_cancelled(self) -> None:
+        self.finish_reason = "cancelled"
+        self._emit()
+
+    def _find_stop(self, searched: int) -> None:
+        cut = None
+        for s in self.stops:
+            i = self.text.find(s, max(0, searched - len(s) + 1))
+            if i >= 0 and (cut is None or i < cut):
+                cut = i
+        if cut is not None:
+            self.text = self.text[:cut]
+            self.finish_reason = "stop"
+
+    def _holdback(self) -> int:
+        """Characters at the end that could still grow into a stop string."""
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.text)), hold, -1):
+                if self.text.endswith(s[:k]):
+                    hold = k
+                    break
+        return hold
+
+    def _emit(self) -> None:
+        end = len(self.text) if self.done else len(self.text) - self._holdback()
+        if end > self.emitted:
+            delta = self.text[self.emitted:end]
+            self.emitted = end
+            if self.on_delta is not None:
+                self.on_delta(delta)
+        if self.done and self.on_done is not None:
+            self.on_done(self.result())
+
+    def result(self) -> GenerationResult:
+        return GenerationResult(self.text, list(self.generated), self.finish_reason or "length",
+                                len(self.request.prompt_ids), len(self.generated))
