@@ -144,5 +144,102 @@ def merge(adapter: Path = typer.Argument(..., help="A peft adapter folder from `
         _fail(str(e))
 
 
+def _model_or_default(model: str | None) -> str:
+    """A model folder or hub id; none given = the embedded default, trained first if missing."""
+    if model:
+        return model
+    from openhermes.train.run import train as run_train
+
+    recipe = _recipe("tiny", None)
+    folder = Path(recipe.output_dir) / "model"
+    if not (folder / "config.json").exists():
+        console.print(f"no model given and {folder} is missing: training the embedded default first (~4 min)")
+        run_train(recipe, recipe.output_dir)
+    return str(folder)
+
+
+def _engine(model: str | None, adapter: Path | None, device: str | None):
+    from openhermes.infer.engine import Engine
+    from openhermes.model.load import ModelLoadError
+
+    try:
+        return Engine.load(_model_or_default(model), adapter=adapter, device=device)
+    except ModelLoadError as e:
+        _fail(str(e))
+
+
+def _sampling(preset_name: str, **overrides):
+    from openhermes.infer.sampling import preset
+
+    try:
+        return preset(preset_name).with_(**overrides)
+    except ValueError as e:
+        _fail(str(e))
+
+
+MODEL_HELP = "A model folder or hub id (default: the embedded default, trained first if missing)."
+ADAPTER_HELP = "A peft adapter folder to apply on top of MODEL."
+
+
+@app.command()
+def chat(model: str | None = typer.Argument(None, help=MODEL_HELP),
+         adapter: Path | None = typer.Option(None, help=ADAPTER_HELP),
+         system: str | None = typer.Option(None, help="System prompt (ChatML)."),
+         roleplay: Path | None = typer.Option(None, "--roleplay", help="Character card (chara_card_v2 .json or .png): "
+                                              "roleplay in the LimaRP format with the limarp preset."),
+         persona: str = typer.Option("", help="Your own persona text (roleplay)."),
+         user_name: str = typer.Option("User", help="Your name in the roleplay."),
+         length: str = typer.Option("medium", help="LimaRP reply length modifier (roleplay); 'none' to omit."),
+         preset: str | None = typer.Option(None, help="Sampler preset: greedy, chatml-default, limarp "
+                                           "(default: chatml-default, or limarp with --roleplay)."),
+         temperature: float | None = typer.Option(None, help="Override the preset's temperature."),
+         seed: int | None = typer.Option(None, help="Sampling seed."),
+         max_new_tokens: int = typer.Option(512, help="Longest reply in tokens."),
+         device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available).")) -> None:
+    """Talk to a model in the terminal, streamed. /help inside the chat lists the commands."""
+    from openhermes.formats import limarp
+    from openhermes.infer.cards import CardError, load_card
+    from openhermes.infer.chat import ChatSession, Roleplaying, run_terminal
+
+    rp = None
+    if roleplay is not None:
+        if length != "none" and length not in limarp.LENGTHS:
+            _fail(f"--length {length!r}: use one of {', '.join(limarp.LENGTHS)} or none")
+        try:
+            rp = Roleplaying(load_card(roleplay), user_name, persona, None if length == "none" else length)
+        except CardError as e:
+            _fail(str(e))
+    params = _sampling(preset or ("limarp" if rp else "chatml-default"), temperature=temperature, seed=seed)
+    session = ChatSession(_engine(model, adapter, device), system=system, params=params,
+                          max_new_tokens=max_new_tokens, roleplay=rp)
+    run_terminal(session)
+
+
+@app.command()
+def generate(model: str | None = typer.Argument(None, help=MODEL_HELP),
+             input: Path = typer.Option(..., "--input", help="JSONL: one {\"messages\": [...]} or {\"prompt\": ...} "
+                                        "per line, optional id, max_tokens, stop and sampler fields."),
+             output: Path = typer.Option(..., "--output", help="JSONL replies, in input order."),
+             adapter: Path | None = typer.Option(None, help=ADAPTER_HELP),
+             preset: str = typer.Option("greedy", help="Sampler preset for lines that set nothing else."),
+             max_new_tokens: int = typer.Option(256, help="Default reply length limit in tokens."),
+             batch_size: int = typer.Option(16, help="Requests decoded together."),
+             device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available).")) -> None:
+    """Batch generation from a JSONL file. Bad lines are reported by line number; the rest still run."""
+    from openhermes.infer.batchfile import generate_file
+
+    if not input.exists():
+        _fail(f"{input}: no such file")
+    params = _sampling(preset)
+    engine = _engine(model, adapter, device)
+    engine.max_batch_size = batch_size
+    done, errors = generate_file(engine, input, output, params, max_new_tokens)
+    for e in errors:
+        console.print(f"[yellow]skipped[/] {e.message}", soft_wrap=True)
+    console.print(f"{done} replies written to {output}" + (f"; {len(errors)} bad line(s) reported" if errors else ""))
+    if done == 0 and errors:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

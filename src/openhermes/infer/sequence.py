@@ -1,7 +1,8 @@
 """One request being generated: its tokens, its text, and when it stops.
 
-Text is decoded incrementally (tokenizers' DecodeStream) so a delta never splits a multi-byte
-character. Stop strings are matched on the decoded text, so one spanning several tokens is
+Text is decoded incrementally over a short window of recent tokens, and text ending in an
+incomplete UTF-8 sequence waits for the next token, so a delta never splits a multi-byte character
+(tokenizers' DecodeStream raises on byte sequences that never complete, which a model can emit). Stop strings are matched on the decoded text, so one spanning several tokens is
 caught; text that could be the start of a stop string is held back until it is decided, and the
 stop string itself is never returned.
 """
@@ -11,8 +12,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from tokenizers.decoders import DecodeStream
 
 from openhermes.infer.sampling import Sampler, SamplingParams
 
@@ -55,7 +54,8 @@ class Sequence:
         self.max_new = min(request.max_new_tokens, max_total - len(request.prompt_ids))
         self.ids = list(request.prompt_ids)
         self.generated: list[int] = []
-        self.decoder = DecodeStream(skip_special_tokens=True)
+        self.prefix_offset = 0  # decode window start: one token of context before the unread ones
+        self.read_offset = 0  # tokens of `generated` already turned into text
         self.text = ""
         self.emitted = 0
         self.finish_reason: str | None = None
@@ -78,17 +78,31 @@ class Sequence:
         else:
             self.generated.append(token)
             self.ids.append(token)
-            piece = self.decoder.step(self.backend, token)
-            if piece:
-                searched = len(self.text)
-                self.text += piece
-                self._find_stop(searched)
+            self._decode(final=False)
             if not self.done and len(self.generated) >= self.max_new:
                 self.finish_reason = "length"
+        if self.done:
+            self._decode(final=True)
         self._emit()
+
+    def _decode(self, final: bool) -> None:
+        """Append the text of unread tokens (vLLM's incremental detokenization): decode the window
+        with and without them and take the difference, so decoders that strip a leading space or
+        fuse bytes give the same text as decoding everything at once."""
+        if self.read_offset == len(self.generated) or self.done and not final:
+            return
+        window = self.generated[self.prefix_offset:]
+        before = self.backend.decode(window[: self.read_offset - self.prefix_offset], skip_special_tokens=True)
+        after = self.backend.decode(window, skip_special_tokens=True)
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            searched = len(self.text)
+            self.text += after[len(before):]
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.generated)
+            self._find_stop(searched)
 
     def finish_cancelled(self) -> None:
         self.finish_reason = "cancelled"
+        self._decode(final=True)
         self._emit()
 
     def _find_stop(self, searched: int) -> None:

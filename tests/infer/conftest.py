@@ -1,0 +1,53 @@
+"""Models for the inference tests: the session's random tiny model with ChatML tokens, and a
+"scripted" model: a real MistralForCausalLM whose weights make it a bigram table, so that after
+the prompt it says a chosen token sequence (used to show stopping behaviour independently of luck)."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def chat_model(tiny_base, chatml_tokenizer):
+    from openhermes.model.load import load_model
+
+    torch.manual_seed(0)
+    model, _ = load_model(tiny_base, chatml_tokenizer)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def engine(chat_model, chatml_tokenizer):
+    from openhermes.infer.engine import Engine
+
+    return Engine(chat_model, chatml_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def scripted(tiny_base, chatml_tokenizer):
+    """make(script_text) -> (Engine, script ids): the model continues any ChatML prompt with script_text."""
+    from openhermes.data.tokenize import ConversationTokenizer
+    from openhermes.formats import Conversation, Message
+    from openhermes.infer.engine import Engine
+    from openhermes.model.load import load_model
+
+    def make(script: str):
+        tok = chatml_tokenizer
+        # every ChatML prompt ends with the assistant header's last token: the script starts there
+        trigger = ConversationTokenizer(tok).prompt_ids(Conversation([Message("user", "hi")]))[-1]
+        ids = tok.encode(script, add_special_tokens=False)
+        chain = [trigger, *ids]
+        assert len(set(chain[:-1])) == len(chain) - 1, "script tokens must be distinct for a bigram model"
+        torch.manual_seed(1)
+        model, _ = load_model(tiny_base, tok)
+        with torch.no_grad():
+            for layer in model.model.layers:  # no attention or MLP output: the residual is the embedding
+                layer.self_attn.o_proj.weight.zero_()
+                layer.mlp.down_proj.weight.zero_()
+            emb = model.model.embed_tokens.weight
+            head = torch.zeros_like(model.lm_head.weight)
+            for a, b in zip(chain, chain[1:]):
+                head[b] += 30 * emb[a] / emb[a].norm()
+            model.lm_head.weight.copy_(head)
+        return Engine(model.eval(), tok), ids
+
+    return make
