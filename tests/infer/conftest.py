@@ -2,6 +2,8 @@
 "scripted" model: a real MistralForCausalLM whose weights make it a bigram table, so that after
 the prompt it says a chosen token sequence (used to show stopping behaviour independently of luck)."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -45,7 +47,7 @@ def scripted(tiny_base, chatml_tokenizer):
                 layer.mlp.down_proj.weight.zero_()
             emb = model.model.embed_tokens.weight
             head = torch.zeros_like(model.lm_head.weight)
-            for a, b in zip(chain, chain[1:]):
+            for a, b in itertools.pairwise(chain):
                 head[b] += 30 * emb[a] / emb[a].norm()
             model.lm_head.weight.copy_(head)
         return Engine(model.eval(), tok), ids

@@ -2,9 +2,10 @@
 
 Text is decoded incrementally over a short window of recent tokens, and text ending in an
 incomplete UTF-8 sequence waits for the next token, so a delta never splits a multi-byte character
-(tokenizers' DecodeStream raises on byte sequences that never complete, which a model can emit). Stop strings are matched on the decoded text, so one spanning several tokens is
-caught; text that could be the start of a stop string is held back until it is decided, and the
-stop string itself is never returned.
+(tokenizers' DecodeStream raises on byte sequences that never complete, which a model can emit).
+Stop strings are matched on the decoded text, so one spanning several tokens is caught; text that
+could be the start of a stop string is held back until it is decided, and the stop string itself
+is never returned.
 """
 
 from __future__ import annotations
