@@ -38,3 +38,31 @@ def chatml_tokenizer(tiny_base):
     from openhermes.model.load import load_tokenizer
 
     return load_tokenizer(tiny_base, "chatml")
+
+
+@pytest.fixture(scope="session")
+def chat_model(tiny_base, chatml_tokenizer):
+    """The tiny base with the ChatML rows added (random weights: behaviour, not quality)."""
+    import torch
+
+    from openhermes.model.load import load_model
+
+    torch.manual_seed(0)
+    model, _ = load_model(tiny_base, chatml_tokenizer)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def engine(chat_model, chatml_tokenizer):
+    from openhermes.infer.engine import Engine
+
+    return Engine(chat_model, chatml_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tmp_path_factory, chat_model, chatml_tokenizer) -> Path:
+    """chat_model saved as a model folder, as `openhermes train` writes one."""
+    out = tmp_path_factory.mktemp("chat-model")
+    chat_model.save_pretrained(out)
+    chatml_tokenizer.save_pretrained(out)
+    return out

@@ -241,5 +241,28 @@ def generate(model: str | None = typer.Argument(None, help=MODEL_HELP),
         raise typer.Exit(1)
 
 
+@app.command()
+def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
+          adapter: Path | None = typer.Option(None, help=ADAPTER_HELP),
+          host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 exposes it to the network)."),
+          port: int = typer.Option(8000, help="Port to listen on."),
+          api_key: str | None = typer.Option(None, envvar="OPENHERMES_API_KEY",
+                                             help="Require 'Authorization: Bearer KEY' on /v1 routes."),
+          model_name: str | None = typer.Option(None, help="Model id clients use (default: MODEL as given)."),
+          max_batch_size: int = typer.Option(16, help="Requests decoded together (continuous batching)."),
+          max_queue: int = typer.Option(64, help="Requests allowed to wait; beyond that the server answers 503."),
+          device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available).")) -> None:
+    """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models) and a web chat at /."""
+    import uvicorn
+
+    from openhermes.serve.app import create_app
+
+    engine = _engine(model, adapter, device)
+    engine.name = model_name or model or "openhermes-tiny"
+    console.print(f"serving {engine.name} on http://{host}:{port}/ (API at /v1, metrics at /metrics)")
+    uvicorn.run(create_app(engine, api_key=api_key, max_batch_size=max_batch_size, max_queue=max_queue),
+                host=host, port=port, log_level="warning")
+
+
 if __name__ == "__main__":
     app()

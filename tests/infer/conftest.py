@@ -1,27 +1,10 @@
-"""Models for the inference tests: the session's random tiny model with ChatML tokens, and a
-"scripted" model: a real MistralForCausalLM whose weights make it a bigram table, so that after
+"""A "scripted" model for the inference tests: a real MistralForCausalLM whose weights make it a bigram table, so that after
 the prompt it says a chosen token sequence (used to show stopping behaviour independently of luck)."""
 
 import itertools
 
 import pytest
 import torch
-
-
-@pytest.fixture(scope="session")
-def chat_model(tiny_base, chatml_tokenizer):
-    from openhermes.model.load import load_model
-
-    torch.manual_seed(0)
-    model, _ = load_model(tiny_base, chatml_tokenizer)
-    return model.eval()
-
-
-@pytest.fixture(scope="session")
-def engine(chat_model, chatml_tokenizer):
-    from openhermes.infer.engine import Engine
-
-    return Engine(chat_model, chatml_tokenizer)
 
 
 @pytest.fixture(scope="session")

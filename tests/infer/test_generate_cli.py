@@ -5,18 +5,8 @@ import os
 import subprocess
 import sys
 
-import pytest
 
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, chat_model, chatml_tokenizer):
-    out = tmp_path_factory.mktemp("model")
-    chat_model.save_pretrained(out)
-    chatml_tokenizer.save_pretrained(out)
-    return out
-
-
-def test_generate_answers_good_lines_and_reports_bad_ones(tmp_path, model_dir, engine):
+def test_generate_answers_good_lines_and_reports_bad_ones(tmp_path, chat_model_dir, engine):
     lines = [json.dumps({"id": "a", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6}),
              "{broken json",
              json.dumps({"prompt": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "max_tokens": 6}),
@@ -26,7 +16,7 @@ def test_generate_answers_good_lines_and_reports_bad_ones(tmp_path, model_dir, e
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "openhermes.cli", "generate", str(model_dir), "--input", str(src),
+    proc = subprocess.run([sys.executable, "-m", "openhermes.cli", "generate", str(chat_model_dir), "--input", str(src),
                            "--output", str(out)], capture_output=True, text=True, timeout=300,
                           env=os.environ | {"CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 0, proc.stderr

@@ -20,6 +20,17 @@ from openhermes.infer.batch import Batch
 from openhermes.infer.sequence import ContextWindowError, GenerationRequest, GenerationResult, Sequence
 
 
+def _valid_text(*texts: str) -> None:
+    """Text must be valid Unicode: JSON can carry lone surrogates (\\ud800), which no tokenizer accepts."""
+    for text in texts:
+        if not isinstance(text, str):
+            raise ValueError(f"expected text, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"the text contains invalid Unicode (a lone surrogate at character {e.start})") from None
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -80,6 +91,7 @@ class Engine:
         """ChatML prompt ids with the assistant header; message text that spells a control token
         stays plain text."""
         msgs = [m if isinstance(m, Message) else Message(m["role"], m["content"]) for m in messages]
+        _valid_text(*(m.content for m in msgs))
         enc = self._encoders.get("chatml")
         if enc is None:
             raise ValueError(f"{self.name}: the tokenizer has no ChatML tokens; use a roleplay prompt")
@@ -88,11 +100,14 @@ class Engine:
     def roleplay_prompt(self, roleplay: Roleplay, messages: Iterable[Message], length: str | None) -> list[int]:
         """The LimaRP card's prompt, ending in `### Response: (length = ...)\\n{char}:`."""
         conv = Conversation(list(messages), roleplay=roleplay)
+        _valid_text(*(m.content for m in conv.messages), roleplay.char_name, roleplay.user_name,
+                    roleplay.char_persona, roleplay.user_persona, roleplay.scenario)
         return self._checked(self._encoders["limarp"].prompt_ids(conv, length=length))
 
     def text_prompt(self, text: str) -> list[int]:
         """Raw completion text: special-token spellings in it are read as those tokens (as llama.cpp's
         /completion does), since the caller writes the whole prompt format."""
+        _valid_text(text)
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         return self._checked(([self.tokenizer.bos_token_id] if self.add_bos else []) + ids)
 
@@ -103,12 +118,12 @@ class Engine:
         return ids
 
     # ---- generation ----------------------------------------------------------------------------
-    def sequence(self, request: GenerationRequest, on_delta=None, on_done=None) -> Sequence:
+    def sequence(self, request: GenerationRequest, on_delta=None, on_done=None, on_error=None) -> Sequence:
         self._checked(request.prompt_ids)
         if request.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
         return Sequence(request, backend=self.backend, stop_ids=self.stop_ids, max_total=self.context_window,
-                        device=self.device, on_delta=on_delta, on_done=on_done)
+                        device=self.device, on_delta=on_delta, on_done=on_done, on_error=on_error)
 
     def generate(self, requests: list[GenerationRequest], progress: bool = False) -> list[GenerationResult]:
         """All requests, up to max_batch_size decoding at once; results in request order."""

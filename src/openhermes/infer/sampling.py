@@ -180,7 +180,7 @@ class Sampler:
             p = self.params
             if p.presence_penalty or p.frequency_penalty:
                 scores = presence_frequency(window, scores[0], p.presence_penalty, p.frequency_penalty)[None, :]
-        if self.params.greedy:
+        if self.params.greedy or _overflowed(scores):
             return scores[0]
         ids = context[None, :]
         for w in self.warpers:
@@ -189,7 +189,13 @@ class Sampler:
 
     def __call__(self, context: torch.Tensor, scores: torch.Tensor) -> int:
         scores = self.process(context, scores)
-        if self.params.greedy:
+        if self.params.greedy or _overflowed(scores):
             return int(scores.argmax())
         probs = scores.softmax(-1)
         return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+def _overflowed(scores: torch.Tensor) -> bool:
+    """Extreme settings (a penalty or temperature near 0) can push logits to +inf; softmax would then be
+    NaN. The limit of such a distribution is the argmax, so it is taken instead."""
+    return bool(torch.isposinf(scores).any())

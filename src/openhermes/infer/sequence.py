@@ -46,7 +46,8 @@ DoneCallback = Callable[[GenerationResult], None]
 
 class Sequence:
     def __init__(self, request: GenerationRequest, *, backend, stop_ids: frozenset[int], max_total: int,
-                 device, on_delta: DeltaCallback | None = None, on_done: DoneCallback | None = None):
+                 device, on_delta: DeltaCallback | None = None, on_done: DoneCallback | None = None,
+                 on_error: Callable[[str], None] | None = None):
         self.request = request
         self.sampler = Sampler(request.params, device=device)
         self.backend = backend
@@ -63,6 +64,13 @@ class Sequence:
         self.cancelled = threading.Event()
         self.on_delta = on_delta
         self.on_done = on_done
+        self.on_error = on_error
+
+    def fail(self, message: str) -> None:
+        """The engine could not go on (a model error): report it instead of a result."""
+        self.finish_reason = "error"
+        if self.on_error is not None:
+            self.on_error(message)
 
     @property
     def done(self) -> bool:
