@@ -88,3 +88,20 @@ class PeakRSS:
     @property
     def mb(self) -> float:
         return (self.peak - self.start) / 2**20
+
+
+def embedded_model_folder(path: Path | None, tmp: Path) -> Path:
+    """`path` if it exists (e.g. runs/tiny/model after `openhermes train`), else a from-scratch model of
+    the embedded default's shape with the ChatML tokens: speed does not depend on what weights learned."""
+    if path is not None and path.exists():
+        return path
+    from openhermes.config import load_recipe
+    from openhermes.model.load import load_model, load_tokenizer
+    from openhermes.train.run import ensure_base_model
+
+    base = ensure_base_model(load_recipe("tiny"))
+    tok = load_tokenizer(base, "chatml")
+    model, _ = load_model(base, tok)
+    model.save_pretrained(tmp / "model")
+    tok.save_pretrained(tmp / "model")
+    return tmp / "model"

@@ -19,27 +19,13 @@ import time
 from pathlib import Path
 
 import torch
+from _common import embedded_model_folder
 
 from openhermes.infer.engine import Engine
 from openhermes.infer.sampling import PRESETS
 from openhermes.infer.sequence import GenerationRequest
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def model_folder(path: Path | None, tmp: Path) -> Path:
-    if path is not None and path.exists():
-        return path
-    from openhermes.config import load_recipe
-    from openhermes.model.load import load_model, load_tokenizer
-    from openhermes.train.run import ensure_base_model
-
-    base = ensure_base_model(load_recipe("tiny"))
-    tok = load_tokenizer(base, "chatml")
-    model, _ = load_model(base, tok)
-    model.save_pretrained(tmp / "model")
-    tok.save_pretrained(tmp / "model")
-    return tmp / "model"
 
 
 def best_of(repeats: int, fn) -> float:
@@ -60,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = model_folder(args.model, Path(tmp))
+        folder = embedded_model_folder(args.model, Path(tmp))
         engine = Engine.load(folder)
         print(f"model: {folder} ({sum(p.numel() for p in engine.model.parameters()) / 1e6:.1f}M parameters), "
               f"{torch.get_num_threads()} threads, {args.tokens} new tokens per prompt")

@@ -17,6 +17,14 @@ fi
 extra=""
 [ "${1:-}" = "--dev" ] && extra="[dev]"
 .venv/bin/pip install -q -e ".${extra}"
+if [ -n "$extra" ] && [ ! -x /usr/bin/chromium ]; then
+  # the web page's browser test drives Debian's chromium (no browser download from Playwright)
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+  else
+    echo "setup: /usr/bin/chromium is missing, so the browser test will be skipped (sudo apt-get install chromium)" >&2
+  fi
+fi
 if .venv/bin/pip list 2>/dev/null | grep -qi '^nvidia-' && ! command -v nvidia-smi >/dev/null 2>&1; then
   echo "setup: CUDA packages were installed on a machine without a GPU" >&2
   exit 1

@@ -185,24 +185,26 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_batch_size: in
                                       None, include_usage))
                 first = True
                 while True:
-                    what, value = await events.get()
-                    if what == "delta":
+                    text, end = await _drain(events)
+                    if text:
                         if first:
                             metrics.ttft.observe(time.perf_counter() - started)
                             first = False
-                        delta = {"content": value} if kind == "chat" else value
+                        delta = {"content": text} if kind == "chat" else text
                         yield _sse(_chunk(kind, rid, created, engine.name, delta, None, include_usage))
-                    elif what == "error":
+                    if end is None:
+                        continue
+                    what, value = end
+                    if what == "error":
                         yield _sse({"error": {"message": value, "type": "server_error", "param": None, "code": None}})
                         break
-                    else:
-                        finished(value)
-                        yield _sse(_chunk(kind, rid, created, engine.name, {} if kind == "chat" else "",
-                                          value.finish_reason, include_usage))
-                        if include_usage:
-                            yield _sse({"id": rid, "object": _object(kind, True), "created": created,
-                                        "model": engine.name, "choices": [], "usage": _usage(value)})
-                        break
+                    finished(value)
+                    yield _sse(_chunk(kind, rid, created, engine.name, {} if kind == "chat" else "",
+                                      value.finish_reason, include_usage))
+                    if include_usage:
+                        yield _sse({"id": rid, "object": _object(kind, True), "created": created,
+                                    "model": engine.name, "choices": [], "usage": _usage(value)})
+                    break
                 yield "data: [DONE]\n\n"
             finally:  # also on client disconnect (the task is cancelled): free the place in the batch
                 seq.cancel()
@@ -304,6 +306,16 @@ class JSONBodyMiddleware:
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
             scope = dict(scope, headers=[*headers, (b"content-type", b"application/json")])
         await self.app(scope, receive, send)
+
+
+async def _drain(events: asyncio.Queue) -> tuple[str, tuple | None]:
+    """Wait for events, then take all that are waiting: (joined text deltas, end event or None). A busy
+    server so sends fewer, larger chunks instead of falling behind the decoder."""
+    items = [await events.get()]
+    while not events.empty():
+        items.append(events.get_nowait())
+    text = "".join(v for what, v in items if what == "delta")
+    return text, next((item for item in items if item[0] != "delta"), None)
 
 
 async def _wait_disconnect(request: Request) -> None:
