@@ -37,3 +37,15 @@ def test_lora_trains_token_rows_and_merged_model_emits_im_end(small_recipe, tmp_
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=12, do_sample=False)
     assert tok.convert_tokens_to_ids(chatml.IM_END) in out[0, enc["input_ids"].shape[1]:].tolist()
+
+    # The engine with the adapter on top of the base gives the same greedy reply as the merged folder.
+    from openhermes.infer.engine import Engine
+    from openhermes.infer.sampling import PRESETS
+    from openhermes.infer.sequence import GenerationRequest
+
+    on_top = Engine.load(recipe.base_model, adapter=result.model_dir, device="cpu")
+    merged_engine = Engine.load(merged, device="cpu")
+    messages = [{"role": "system", "content": "You are Hermes."}, {"role": "user", "content": "What is 3 + 1?"}]
+    replies = [e.generate([GenerationRequest(e.chat_prompt(messages), PRESETS["greedy"], 12)])[0]
+               for e in (on_top, merged_engine)]
+    assert replies[0].token_ids == replies[1].token_ids and replies[0].finish_reason == "stop"
