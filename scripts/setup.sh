@@ -17,6 +17,11 @@ fi
 extra=""
 [ "${1:-}" = "--dev" ] && extra="[dev]"
 .venv/bin/pip install -q -e ".${extra}"
+if [ -n "$extra" ]; then
+  # llama-cpp-python compiles llama.cpp (about 5 minutes once; later installs take pip's cached wheel).
+  # Without it the llama.cpp tests skip and say why, so a failed build does not stop the setup.
+  .venv/bin/pip install -q -e ".[llamacpp]" || echo "setup: llama-cpp-python did not build; llama.cpp tests will skip" >&2
+fi
 if [ -n "$extra" ] && [ ! -x /usr/bin/chromium ]; then
   # the web page's browser test drives Debian's chromium (no browser download from Playwright)
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

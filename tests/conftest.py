@@ -66,3 +66,23 @@ def chat_model_dir(tmp_path_factory, chat_model, chatml_tokenizer) -> Path:
     chat_model.save_pretrained(out)
     chatml_tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def embedded_default_run(tmp_path_factory) -> Path:
+    """README command 1's job, `openhermes train` with no recipe, run once per test session.
+    OPENHERMES_TEST_EMBEDDED_RUN=DIR reuses a finished run folder of this fixture (development only)."""
+    import subprocess
+    import sys
+
+    reuse = os.environ.get("OPENHERMES_TEST_EMBEDDED_RUN")
+    if reuse and (Path(reuse) / "stdout.txt").exists():
+        return Path(reuse)
+
+    out = tmp_path_factory.mktemp("embedded") / "run"
+    env = os.environ | {"OPENHERMES_CACHE": str(out.parent / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "openhermes.cli", "train", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (out / "stdout.txt").write_text(proc.stdout)
+    return out

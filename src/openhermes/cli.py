@@ -158,10 +158,22 @@ def _model_or_default(model: str | None) -> str:
     return str(folder)
 
 
-def _engine(model: str | None, adapter: Path | None, device: str | None):
+def _engine(model: str | None, adapter: Path | None, device: str | None, kind: str = "torch"):
     from openhermes.infer.engine import Engine
     from openhermes.model.load import ModelLoadError
 
+    if kind == "llama.cpp":
+        from openhermes.infer.llamacpp import EngineUnavailable, LlamaCppEngine
+
+        if model is None or adapter is not None:
+            _fail("--engine llama.cpp runs a GGUF file: give MODEL as a .gguf path (see `openhermes export`), "
+                  "with the adapter merged in")
+        try:
+            return LlamaCppEngine(model)
+        except (EngineUnavailable, ValueError) as e:
+            _fail(str(e))
+    if kind != "torch":
+        _fail(f"--engine {kind!r}: choose torch or llama.cpp")
     try:
         return Engine.load(_model_or_default(model), adapter=adapter, device=device)
     except ModelLoadError as e:
@@ -179,6 +191,7 @@ def _sampling(preset_name: str, **overrides):
 
 MODEL_HELP = "A model folder or hub id (default: the embedded default, trained first if missing)."
 ADAPTER_HELP = "A peft adapter folder to apply on top of MODEL."
+ENGINE_HELP = "torch (a model folder) or llama.cpp (a .gguf file; needs llama-cpp-python)."
 
 
 @app.command()
@@ -195,7 +208,8 @@ def chat(model: str | None = typer.Argument(None, help=MODEL_HELP),
          temperature: float | None = typer.Option(None, help="Override the preset's temperature."),
          seed: int | None = typer.Option(None, help="Sampling seed."),
          max_new_tokens: int = typer.Option(512, help="Longest reply in tokens."),
-         device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available).")) -> None:
+         device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+         engine: str = typer.Option("torch", help=ENGINE_HELP)) -> None:
     """Talk to a model in the terminal, streamed. /help inside the chat lists the commands."""
     from openhermes.formats import limarp
     from openhermes.infer.cards import CardError, load_card
@@ -210,7 +224,7 @@ def chat(model: str | None = typer.Argument(None, help=MODEL_HELP),
         except CardError as e:
             _fail(str(e))
     params = _sampling(preset or ("limarp" if rp else "chatml-default"), temperature=temperature, seed=seed)
-    session = ChatSession(_engine(model, adapter, device), system=system, params=params,
+    session = ChatSession(_engine(model, adapter, device, engine), system=system, params=params,
                           max_new_tokens=max_new_tokens, roleplay=rp)
     run_terminal(session)
 
@@ -224,16 +238,18 @@ def generate(model: str | None = typer.Argument(None, help=MODEL_HELP),
              preset: str = typer.Option("greedy", help="Sampler preset for lines that set nothing else."),
              max_new_tokens: int = typer.Option(256, help="Default reply length limit in tokens."),
              batch_size: int = typer.Option(16, help="Requests decoded together."),
-             device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available).")) -> None:
+             device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+             engine: str = typer.Option("torch", help=ENGINE_HELP)) -> None:
     """Batch generation from a JSONL file. Bad lines are reported by line number; the rest still run."""
     from openhermes.infer.batchfile import generate_file
 
     if not input.exists():
         _fail(f"{input}: no such file")
     params = _sampling(preset)
-    engine = _engine(model, adapter, device)
-    engine.max_batch_size = batch_size
-    done, errors = generate_file(engine, input, output, params, max_new_tokens)
+    runner = _engine(model, adapter, device, engine)
+    if engine == "torch":  # the llama.cpp engine decodes one request at a time
+        runner.max_batch_size = batch_size
+    done, errors = generate_file(runner, input, output, params, max_new_tokens)
     for e in errors:
         console.print(f"[yellow]skipped[/] {e.message}", soft_wrap=True)
     console.print(f"{done} replies written to {output}" + (f"; {len(errors)} bad line(s) reported" if errors else ""))
@@ -251,17 +267,36 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
           model_name: str | None = typer.Option(None, help="Model id clients use (default: MODEL as given)."),
           max_batch_size: int = typer.Option(16, help="Requests decoded together (continuous batching)."),
           max_queue: int = typer.Option(64, help="Requests allowed to wait; beyond that the server answers 503."),
-          device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available).")) -> None:
+          device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+          engine: str = typer.Option("torch", help=ENGINE_HELP)) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models) and a web chat at /."""
     import uvicorn
 
     from openhermes.serve.app import create_app
 
-    engine = _engine(model, adapter, device)
-    engine.name = model_name or model or "openhermes-tiny"
-    console.print(f"serving {engine.name} on http://{host}:{port}/ (API at /v1, metrics at /metrics)")
-    uvicorn.run(create_app(engine, api_key=api_key, max_batch_size=max_batch_size, max_queue=max_queue),
+    runner = _engine(model, adapter, device, engine)
+    runner.name = model_name or model or "openhermes-tiny"
+    console.print(f"serving {runner.name} on http://{host}:{port}/ (API at /v1, metrics at /metrics)")
+    batch = max_batch_size if engine == "torch" else runner.max_batch_size
+    uvicorn.run(create_app(runner, api_key=api_key, max_batch_size=batch, max_queue=max_queue),
                 host=host, port=port, log_level="warning")
+
+
+@app.command()
+def export(model: Path = typer.Argument(..., help="A model folder (full fine-tune, or merged with `openhermes merge`)."),
+           to: str = typer.Option("gguf", "--to", help="Output format (gguf)."),
+           type_: str = typer.Option("f16", "--type", help="f16, q8_0 or q4_0."),
+           out: Path = typer.Option(..., "--out", help="The .gguf file to write.")) -> None:
+    """Write a GGUF file that llama.cpp and LM Studio run (architecture llama, ChatML template inside)."""
+    from openhermes.export.gguf import ExportError, export_gguf
+
+    if to != "gguf":
+        _fail(f"--to {to!r}: only gguf is supported")
+    try:
+        path = export_gguf(model, out, type_)
+    except (ExportError, OSError) as e:
+        _fail(str(e))
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

@@ -41,14 +41,14 @@ def test_chatml_reply_stops_at_im_end_and_never_runs_into_the_next_turn(scripted
     raw = engine.generate([GenerationRequest(prompt, GREEDY, 20, ignore_eos=True)])[0]
     assert "<|im_start|>" in chatml_tokenizer.decode(raw.token_ids)  # the model itself would run on
     r = engine.generate([GenerationRequest(prompt, GREEDY, 20)])[0]
-    assert (r.text, r.finish_reason) == ("Answer briefly", "stop")
+    assert (r.text, r.finish_reason) == (" Answer briefly", "stop")
     assert chatml_tokenizer.convert_tokens_to_ids("<|im_start|>") not in r.token_ids
 
 
 def test_a_reply_that_skips_im_end_still_stops_before_im_start(scripted):
     engine, _ = scripted("Hermes<|im_start|>user")
     r = engine.generate([GenerationRequest(engine.chat_prompt([{"role": "user", "content": "hi"}]), GREEDY, 20)])[0]
-    assert (r.text, r.finish_reason) == ("Hermes", "stop")
+    assert (r.text, r.finish_reason) == (" Hermes", "stop")
 
 
 def test_stop_string_split_across_tokens_is_caught_and_not_returned(scripted, chatml_tokenizer):
@@ -57,9 +57,9 @@ def test_stop_string_split_across_tokens_is_caught_and_not_returned(scripted, ch
     prompt = engine.chat_prompt([{"role": "user", "content": "hi"}])
     request = GenerationRequest(prompt, GREEDY, 30, stop=("low vio", "zzz"))
     r = engine.generate([request])[0]
-    assert (r.text, r.finish_reason) == ("green yel", "stop")
+    assert (r.text, r.finish_reason) == (" green yel", "stop")
     deltas = list(engine.stream(request))
-    assert "".join(deltas) == "green yel" and "yellow" not in "".join(deltas)
+    assert "".join(deltas) == " green yel" and "yellow" not in "".join(deltas)
 
 
 def test_stream_never_splits_a_multibyte_character(scripted, chatml_tokenizer):
@@ -108,3 +108,16 @@ def test_message_text_spelling_control_tokens_stays_plain_text(engine, chatml_to
     im_end = chatml_tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert ids.count(im_start) == 2 and ids.count(im_end) == 1  # the user turn and the reply header only
     assert forged in chatml_tokenizer.decode(ids)
+
+
+def test_leading_spaces_of_the_reply_are_kept(scripted, chatml_tokenizer):
+    """SentencePiece decoders strip the first space of a decoded text; the reply is decoded after
+    the prompt's last token, so code indentation survives."""
+    engine, ids = scripted(" return")
+    prompt = engine.chat_prompt([{"role": "user", "content": "hi"}])
+    r = engine.generate([GenerationRequest(prompt, GREEDY, len(ids))])[0]
+    full = chatml_tokenizer.decode(prompt + r.token_ids, skip_special_tokens=True)
+    assert r.text == full[len(chatml_tokenizer.decode(prompt, skip_special_tokens=True)):]
+    assert r.text.lstrip() == "return" and r.text.startswith(" ")
+    assert len(r.text) > len(chatml_tokenizer.decode(r.token_ids))  # decoding the reply alone loses a space
+    assert "".join(engine.stream(GenerationRequest(prompt, GREEDY, len(ids)))) == r.text

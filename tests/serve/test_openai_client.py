@@ -24,8 +24,10 @@ def reference_reply(chat_model, tok, messages, max_new_tokens):
     stop = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|im_start|>")]
     out = chat_model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
                               eos_token_id=stop, pad_token_id=tok.pad_token_id)
-    new = out[0, len(ids):].tolist()
-    return tok.decode([t for t in new if t not in stop]), len(ids)
+    new = [t for t in out[0, len(ids):].tolist() if t not in stop]
+    # the reply's text: decoded after the prompt (a decoder may strip the first space of a text)
+    prompt_text = tok.decode(ids, skip_special_tokens=True)
+    return tok.decode(ids + new, skip_special_tokens=True)[len(prompt_text):], len(ids)
 
 
 def test_models_lists_the_served_model(client):

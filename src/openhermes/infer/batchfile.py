@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from openhermes.infer.engine import Engine
+from openhermes.infer.engine import BaseEngine
 from openhermes.infer.sampling import SamplingParams
 from openhermes.infer.sequence import GenerationRequest
 
@@ -28,7 +28,7 @@ class LineError:
     message: str
 
 
-def request_from_line(engine: Engine, row: object, base: SamplingParams, max_new_tokens: int) -> GenerationRequest:
+def request_from_line(engine: BaseEngine, row: object, base: SamplingParams, max_new_tokens: int) -> GenerationRequest:
     if not isinstance(row, dict):
         raise ValueError("each line must be a JSON object")
     unknown = set(row) - SAMPLER_KEYS - OTHER_KEYS - set(ALIASES)
@@ -59,7 +59,7 @@ def request_from_line(engine: Engine, row: object, base: SamplingParams, max_new
     return GenerationRequest(prompt, base.with_(**settings), max_tokens, tuple(stop))
 
 
-def generate_file(engine: Engine, input_path: Path, output_path: Path, base: SamplingParams,
+def generate_file(engine: BaseEngine, input_path: Path, output_path: Path, base: SamplingParams,
                   max_new_tokens: int, progress: bool = True) -> tuple[int, list[LineError]]:
     """Returns (lines answered, errors). Output rows follow input order."""
     requests: list[tuple[int, object, GenerationRequest]] = []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from openhermes.formats import Message, limarp
 from openhermes.infer.cards import Card
-from openhermes.infer.engine import Engine
+from openhermes.infer.engine import BaseEngine
 from openhermes.infer.sampling import PRESETS, SamplingParams, preset
 from openhermes.infer.sequence import GenerationRequest
 
@@ -36,7 +36,7 @@ class Roleplaying:
 
 @dataclass
 class ChatSession:
-    engine: Engine
+    engine: BaseEngine
     system: str | None = None
     params: SamplingParams = field(default_factory=lambda: PRESETS["chatml-default"])
     max_new_tokens: int = 512

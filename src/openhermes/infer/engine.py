@@ -35,7 +35,95 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class Engine:
+class BaseEngine:
+    """What every engine shares: prompts in the cards' formats, and generation over `new_batch()`.
+
+    A subclass sets name, context_window, max_batch_size, device, stop_ids, backend (an object with
+    `decode(ids, skip_special_tokens=True)`), and implements `_prompt_ids` and `new_batch`."""
+
+    name: str
+    context_window: int
+    max_batch_size: int
+    stop_ids: frozenset[int]
+
+    def _prompt_ids(self, conv: Conversation, fmt: str, length: str | None = None) -> list[int]:
+        raise NotImplementedError
+
+    def new_batch(self):
+        raise NotImplementedError
+
+    # ---- prompts -------------------------------------------------------------------------------
+    def chat_prompt(self, messages: Iterable[Message | dict]) -> list[int]:
+        """ChatML prompt ids with the assistant header; message text that spells a control token
+        stays plain text."""
+        msgs = [m if isinstance(m, Message) else Message(m["role"], m["content"]) for m in messages]
+        _valid_text(*(m.content for m in msgs))
+        return self._checked(self._prompt_ids(Conversation(msgs), "chatml"))
+
+    def roleplay_prompt(self, roleplay: Roleplay, messages: Iterable[Message], length: str | None) -> list[int]:
+        """The LimaRP card's prompt, ending in `### Response: (length = ...)\\n{char}:`."""
+        conv = Conversation(list(messages), roleplay=roleplay)
+        _valid_text(*(m.content for m in conv.messages), roleplay.char_name, roleplay.user_name,
+                    roleplay.char_persona, roleplay.user_persona, roleplay.scenario)
+        return self._checked(self._prompt_ids(conv, "limarp", length))
+
+    def text_prompt(self, text: str) -> list[int]:
+        """Raw completion text: special-token spellings in it are read as those tokens (as llama.cpp's
+        /completion does), since the caller writes the whole prompt format."""
+        _valid_text(text)
+        return self._checked(self._text_ids(text))
+
+    def _text_ids(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def _checked(self, ids: list[int]) -> list[int]:
+        if len(ids) >= self.context_window:
+            raise ContextWindowError(f"the prompt is {len(ids)} tokens; the model's context window is "
+                                     f"{self.context_window}, which must also leave room for the reply")
+        return ids
+
+    # ---- generation ----------------------------------------------------------------------------
+    def sequence(self, request: GenerationRequest, on_delta=None, on_done=None, on_error=None) -> Sequence:
+        self._checked(request.prompt_ids)
+        if request.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        return Sequence(request, backend=self.backend, stop_ids=self.stop_ids, max_total=self.context_window,
+                        device=self.device, on_delta=on_delta, on_done=on_done, on_error=on_error)
+
+    def generate(self, requests: list[GenerationRequest], progress: bool = False) -> list[GenerationResult]:
+        """All requests, up to max_batch_size decoding at once; results in request order."""
+        seqs = [self.sequence(r) for r in requests]
+        pending = list(seqs)
+        batch = self.new_batch()
+        bar = tqdm(total=len(seqs), desc="generate", unit="req", disable=not progress)
+        finished = 0
+        while pending or len(batch):
+            while pending and len(batch) < self.max_batch_size:
+                batch.add(pending.pop(0))
+            batch.step()
+            done = sum(s.done for s in seqs)
+            bar.update(done - finished)
+            finished = done
+        bar.close()
+        return [s.result() for s in seqs]
+
+    def stream(self, request: GenerationRequest) -> Iterator[str]:
+        """Text deltas of one request as they are decoded."""
+        deltas: list[str] = []
+        seq = self.sequence(request, on_delta=deltas.append)
+        batch = self.new_batch()
+        batch.add(seq)
+        while True:
+            yield from deltas
+            deltas.clear()
+            if seq.done:
+                return
+            batch.step()
+
+
+class Engine(BaseEngine):
+    """transformers: a model folder or hub id, optionally with a peft adapter on top."""
+
     def __init__(self, model, tokenizer, *, name: str = "model", max_batch_size: int = 16,
                  context_window: int | None = None, add_bos: bool | None = None):
         self.model = model.eval()
@@ -86,79 +174,15 @@ class Engine:
             model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
         return cls(model.to(device), tokenizer, name=Path(str(path)).name, **kwargs)
 
-    # ---- prompts -------------------------------------------------------------------------------
-    def chat_prompt(self, messages: Iterable[Message | dict]) -> list[int]:
-        """ChatML prompt ids with the assistant header; message text that spells a control token
-        stays plain text."""
-        msgs = [m if isinstance(m, Message) else Message(m["role"], m["content"]) for m in messages]
-        _valid_text(*(m.content for m in msgs))
-        enc = self._encoders.get("chatml")
+    def new_batch(self) -> Batch:
+        return Batch(self.model)
+
+    def _prompt_ids(self, conv: Conversation, fmt: str, length: str | None = None) -> list[int]:
+        enc = self._encoders.get(fmt)
         if enc is None:
             raise ValueError(f"{self.name}: the tokenizer has no ChatML tokens; use a roleplay prompt")
-        return self._checked(enc.prompt_ids(Conversation(msgs)))
+        return enc.prompt_ids(conv, length=length)
 
-    def roleplay_prompt(self, roleplay: Roleplay, messages: Iterable[Message], length: str | None) -> list[int]:
-        """The LimaRP card's prompt, ending in `### Response: (length = ...)\\n{char}:`."""
-        conv = Conversation(list(messages), roleplay=roleplay)
-        _valid_text(*(m.content for m in conv.messages), roleplay.char_name, roleplay.user_name,
-                    roleplay.char_persona, roleplay.user_persona, roleplay.scenario)
-        return self._checked(self._encoders["limarp"].prompt_ids(conv, length=length))
-
-    def text_prompt(self, text: str) -> list[int]:
-        """Raw completion text: special-token spellings in it are read as those tokens (as llama.cpp's
-        /completion does), since the caller writes the whole prompt format."""
-        _valid_text(text)
+    def _text_ids(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
-        return self._checked(([self.tokenizer.bos_token_id] if self.add_bos else []) + ids)
-
-    def _checked(self, ids: list[int]) -> list[int]:
-        if len(ids) >= self.context_window:
-            raise ContextWindowError(f"the prompt is {len(ids)} tokens; the model's context window is "
-                                     f"{self.context_window}, which must also leave room for the reply")
-        return ids
-
-    # ---- generation ----------------------------------------------------------------------------
-    def sequence(self, request: GenerationRequest, on_delta=None, on_done=None, on_error=None) -> Sequence:
-        self._checked(request.prompt_ids)
-        if request.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
-        return Sequence(request, backend=self.backend, stop_ids=self.stop_ids, max_total=self.context_window,
-                        device=self.device, on_delta=on_delta, on_done=on_done, on_error=on_error)
-
-    def generate(self, requests: list[GenerationRequest], progress: bool = False) -> list[GenerationResult]:
-        """All requests, up to max_batch_size decoding at once; results in request order."""
-        seqs = [self.sequence(r) for r in requests]
-        pending = list(seqs)
-        batch = Batch(self.model)
-        bar = tqdm(total=len(seqs), desc="generate", unit="req", disable=not progress)
-        finished = 0
-        while pending or len(batch):
-            while pending and len(batch) < self.max_batch_size:
-                batch.add(pending.pop(0))
-            batch.step()
-            done = sum(s.done for s in seqs)
-            bar.update(done - finished)
-            finished = done
-        bar.close()
-        return [s.result() for s in seqs]
-
-    def stream(self, request: GenerationRequest) -> Iterator[str]:
-        """Text deltas of one request as they are decoded; `.result` of the returned generator's
-        sequence is available via `stream_with_result`."""
-        yield from self.stream_with_result(request)[0]
-
-    def stream_with_result(self, request: GenerationRequest) -> tuple[Iterator[str], Sequence]:
-        deltas: list[str] = []
-        seq = self.sequence(request, on_delta=deltas.append)
-
-        def run() -> Iterator[str]:
-            batch = Batch(self.model)
-            batch.add(seq)
-            while True:
-                yield from deltas
-                deltas.clear()
-                if seq.done:
-                    return
-                batch.step()
-
-        return run(), seq
+        return ([self.tokenizer.bos_token_id] if self.add_bos else []) + ids

@@ -13,8 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from openhermes.infer.batch import Batch
-from openhermes.infer.engine import Engine
+from openhermes.infer.engine import BaseEngine
 from openhermes.infer.sequence import GenerationRequest, GenerationResult, Sequence
 
 log = logging.getLogger(__name__)
@@ -25,14 +24,14 @@ class QueueFull(RuntimeError):
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, max_batch_size: int = 16, max_queue: int = 64,
+    def __init__(self, engine: BaseEngine, max_batch_size: int = 16, max_queue: int = 64,
                  on_step: Callable[[int], None] | None = None):
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.on_step = on_step  # called with the number of rows after each decode step (metrics)
         self.waiting: collections.deque[Sequence] = collections.deque()
-        self.batch = Batch(engine.model)
+        self.batch = engine.new_batch()
         self.cond = threading.Condition()
         self.stopped = False
         self.thread = threading.Thread(target=self._run, name="openhermes-scheduler", daemon=True)
@@ -84,5 +83,5 @@ class Scheduler:
                 for seq in [*joining, *self.batch.rows]:
                     if not seq.done:
                         seq.fail(f"generation failed: {type(e).__name__}: {e}")
-                self.batch = Batch(self.engine.model)
+                self.batch = self.engine.new_batch()
                 time.sleep(0.01)

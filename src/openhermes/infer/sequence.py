@@ -56,8 +56,11 @@ class Sequence:
         self.max_new = min(request.max_new_tokens, max_total - len(request.prompt_ids))
         self.ids = list(request.prompt_ids)
         self.generated: list[int] = []
-        self.prefix_offset = 0  # decode window start: one token of context before the unread ones
-        self.read_offset = 0  # tokens of `generated` already turned into text
+        # Offsets into `ids`. The window starts one token before the unread ones, beginning with the
+        # prompt's last token: decoders that strip the first leading space (SentencePiece's) would
+        # otherwise eat the indentation of generated code.
+        self.read_offset = len(self.ids)
+        self.prefix_offset = max(0, self.read_offset - 1)
         self.text = ""
         self.emitted = 0
         self.finish_reason: str | None = None
@@ -98,15 +101,15 @@ class Sequence:
         """Append the text of unread tokens (vLLM's incremental detokenization): decode the window
         with and without them and take the difference, so decoders that strip a leading space or
         fuse bytes give the same text as decoding everything at once."""
-        if self.read_offset == len(self.generated) or self.done and not final:
+        if self.read_offset == len(self.ids) or self.done and not final:
             return
-        window = self.generated[self.prefix_offset:]
+        window = self.ids[self.prefix_offset:]
         before = self.backend.decode(window[: self.read_offset - self.prefix_offset], skip_special_tokens=True)
         after = self.backend.decode(window, skip_special_tokens=True)
         if len(after) > len(before) and (final or not after.endswith("\ufffd")):
             searched = len(self.text)
             self.text += after[len(before):]
-            self.prefix_offset, self.read_offset = self.read_offset, len(self.generated)
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
             self._find_stop(searched)
 
     def finish_cancelled(self) -> None:

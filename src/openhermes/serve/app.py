@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from openhermes.formats import Message
 from openhermes.formats.base import Roleplay
-from openhermes.infer.engine import Engine
+from openhermes.infer.engine import BaseEngine
 from openhermes.infer.sampling import PRESETS, SamplingParams, preset
 from openhermes.infer.scheduler import QueueFull, Scheduler
 from openhermes.infer.sequence import ContextWindowError, GenerationRequest, GenerationResult
@@ -59,7 +59,7 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     return APIError(400, f"{where}{first.get('msg', 'invalid request')}", param=param, code="invalid_value")
 
 
-def create_app(engine: Engine, *, api_key: str | None = None, max_batch_size: int = 16,
+def create_app(engine: BaseEngine, *, api_key: str | None = None, max_batch_size: int = 16,
                max_queue: int = 64) -> FastAPI:
     metrics = Metrics()
     scheduler: Scheduler | None = None
@@ -323,7 +323,7 @@ async def _wait_disconnect(request: Request) -> None:
         await asyncio.sleep(0.25)
 
 
-def _model_card(engine: Engine) -> dict:
+def _model_card(engine: BaseEngine) -> dict:
     return {"id": engine.name, "object": "model", "created": 0, "owned_by": "openhermes",
             "context_window": engine.context_window}
 
