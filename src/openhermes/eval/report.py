@@ -21,8 +21,8 @@ def table(results: list[TaskResult]) -> str:
             if metric.endswith("_stderr"):
                 continue
             stderr = r.values.get(metric + "_stderr")
-            rows.append([name, version, metric, "%.4f" % value, "±" if stderr is not None else "",
-                         "%.4f" % stderr if stderr is not None else ""])
+            rows.append([name, version, metric, f"{value:.4f}", "±" if stderr is not None else "",
+                         f"{stderr:.4f}" if stderr is not None else ""])
             name, version = "", ""
     writer.value_matrix = rows
     writer.margin = 0

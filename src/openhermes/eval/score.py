@@ -74,7 +74,7 @@ class Scorer:
             cache = self._prefill(ctx[:-1])
             for start in range(0, len(items), self.batch_size):
                 chunk = items[start:start + self.batch_size]
-                for (i, cont), res in zip(chunk, self._continuations(ctx, cache, [c for _, c in chunk]), strict=True):
+                for (i, _), res in zip(chunk, self._continuations(ctx, cache, [c for _, c in chunk]), strict=True):
                     results[i] = res
                 bar.update(len(chunk))
         bar.close()
