@@ -299,5 +299,43 @@ def export(model: Path = typer.Argument(..., help="A model folder (full fine-tun
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+@app.command("eval")
+def eval_(model: str | None = typer.Argument(None, help=MODEL_HELP),
+          suite: list[str] = typer.Option(..., "--suite", help="gpt4all, agieval, bigbench, truthfulqa, humaneval, "
+                                          "or openhermes (all five); repeatable."),
+          data_dir: Path | None = typer.Option(None, help="Local data: <task>.jsonl/.json/.parquet in the hub's "
+                                               "schema (default: the Hugging Face dataset ids of SPEC §7)."),
+          bigbench_dir: Path | None = typer.Option(None, help="BIG-bench's benchmark_tasks/ folder."),
+          output: Path | None = typer.Option(None, "--output", help="results.json with every per-example score."),
+          adapter: Path | None = typer.Option(None, help=ADAPTER_HELP),
+          add_bos: bool = typer.Option(False, help="Prepend BOS to every context (the card's runs did not)."),
+          chat_template: bool = typer.Option(False, help="Wrap contexts in a ChatML user turn (the card did not)."),
+          quirks: bool = typer.Option(False, help="Reproduce the card harness's known quirks (BigBench's "
+                                      "tracking_shuffled_objects_three_objects = logical_deduction_three_objects)."),
+          limit: int | None = typer.Option(None, help="At most N questions per task (quick checks)."),
+          task: list[str] | None = typer.Option(None, "--task", help="Only these tasks, e.g. navigate or "
+                                                "bigbench_navigate (repeatable)."),
+          batch_size: int = typer.Option(32, help="Continuations scored together."),
+          humaneval_mode: str = typer.Option("completion", help="completion (base models) or chat (ChatML)."),
+          samples: int = typer.Option(1, help="HumanEval samples per problem (pass@k for k <= samples)."),
+          temperature: float = typer.Option(0.0, help="HumanEval sampling temperature (0 = greedy)."),
+          device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available).")) -> None:
+    """Run the card's benchmark suites and print its tables (lm-evaluation-harness v0.3 method, SPEC §7)."""
+    from openhermes.eval.run import EvalConfig, evaluate, expand
+
+    try:
+        cfg = EvalConfig(expand(suite), data_dir, bigbench_dir, add_bos, chat_template, quirks, limit, batch_size,
+                         humaneval_mode, samples, temperature, tuple(task or ()))
+    except ValueError as e:
+        _fail(str(e))
+    if humaneval_mode not in ("completion", "chat"):
+        _fail(f"--humaneval-mode {humaneval_mode!r}: choose completion or chat")
+    runner = _engine(model, adapter, device)
+    try:
+        evaluate(runner.model, runner.tokenizer, cfg, output, echo=print)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+
+
 if __name__ == "__main__":
     app()

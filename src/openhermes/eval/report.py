@@ -11,6 +11,8 @@ CARD_AVERAGES = {"gpt4all": 73.12, "agieval": 43.07, "bigbench": 40.96, "truthfu
 
 def table(results: list[TaskResult]) -> str:
     from pytablewriter import MarkdownTableWriter
+    from pytablewriter.style import Style
+    from typepy import Integer, String
 
     writer = MarkdownTableWriter()
     writer.headers = ["Task", "Version", "Metric", "Value", "", "Stderr"]
@@ -25,6 +27,9 @@ def table(results: list[TaskResult]) -> str:
                          f"{stderr:.4f}" if stderr is not None else ""])
             name, version = "", ""
     writer.value_matrix = rows
+    # values stay the "%.4f" strings (no re-formatting by type inference), right-aligned like numbers
+    writer.type_hints = [String, Integer, String, String, String, String]
+    writer.column_styles = [Style(), Style(), Style(), Style(align="right"), Style(), Style(align="right")]
     writer.margin = 0
     return writer.dumps()
 

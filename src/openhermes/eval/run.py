@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from openhermes.eval import report
@@ -28,7 +28,7 @@ class EvalConfig:
     humaneval_mode: str = "completion"
     humaneval_samples: int = 1
     humaneval_temperature: float = 0.0
-    extra: dict = field(default_factory=dict)
+    only: tuple[str, ...] = ()  # task names to keep (with or without the "bigbench_"/"agieval_" prefix)
 
 
 def expand(suites: list[str]) -> tuple[str, ...]:
@@ -64,8 +64,17 @@ def build_tasks(suite: str, cfg: EvalConfig) -> list[Task]:
         root = cfg.bigbench_dir or (cfg.data_dir / "bigbench" if cfg.data_dir else None)
         if root is None:
             raise ValueError("bigbench needs --bigbench-dir: BIG-bench's benchmark_tasks/ folder")
-        return bigbench.tasks(root, cfg.limit, quirks=cfg.quirks)
+        names = [n for n in bigbench.TASKS if _wanted(f"bigbench_{n}", cfg.only)]
+        return bigbench.tasks(root, cfg.limit, quirks=cfg.quirks, names=names)
     raise ValueError(suite)
+
+
+def _wanted(name: str, only: tuple[str, ...]) -> bool:
+    return not only or name in only or name.split("_", 1)[-1] in only
+
+
+def selected(tasks: list[Task], cfg: EvalConfig) -> list[Task]:
+    return [t for t in tasks if _wanted(t.name, cfg.only)]
 
 
 def run_humaneval(engine, cfg: EvalConfig) -> TaskResult:
@@ -90,7 +99,9 @@ def evaluate(model, tokenizer, cfg: EvalConfig, out: Path | None = None, echo=pr
         if suite == "humaneval":
             results = [run_humaneval(engine, cfg)]
         else:
-            tasks = build_tasks(suite, cfg)
+            tasks = selected(build_tasks(suite, cfg), cfg)
+            if not tasks:
+                raise ValueError(f"--task {', '.join(cfg.only)}: no task of the {suite} suite")
             if cfg.chat_template:
                 tasks = [with_chat_template(t) for t in tasks]
             results = [run_task(t, scorer, engine) for t in tasks]

@@ -53,8 +53,8 @@ class Scorer:
         whole = self._enc(context + continuation)
         ctx = self._enc(context)
         cont = whole[len(ctx):]
-        prefix = [self.tokenizer.bos_token_id] if self.add_bos or not ctx else []
-        if not prefix and not ctx:  # nothing to condition on: the harness uses the eos token
+        prefix = [self.tokenizer.bos_token_id] if self.add_bos else []
+        if not prefix and not ctx:  # nothing to condition on: the v0.3 harness uses the eos token
             prefix = [self.tokenizer.eos_token_id]
         return tuple(prefix + ctx), tuple(cont)
 
