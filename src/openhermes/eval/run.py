@@ -55,9 +55,10 @@ def with_chat_template(task: Task) -> Task:
 
 def build_tasks(suite: str, cfg: EvalConfig) -> list[Task]:
     if suite == "gpt4all":
-        return gpt4all.tasks(cfg.data_dir, cfg.limit)
+        return gpt4all.tasks(cfg.data_dir, cfg.limit, [n for n in gpt4all.TASKS if _wanted(n, cfg.only)])
     if suite == "agieval":
-        return agieval.tasks(cfg.data_dir, cfg.limit)
+        names = [n for n in agieval.TASKS if _wanted(f"agieval_{n}", cfg.only)]
+        return agieval.tasks(cfg.data_dir, cfg.limit, names)
     if suite == "truthfulqa":
         return truthfulqa.tasks(cfg.data_dir, cfg.limit)
     if suite == "bigbench":
@@ -70,7 +71,8 @@ def build_tasks(suite: str, cfg: EvalConfig) -> list[Task]:
 
 
 def _wanted(name: str, only: tuple[str, ...]) -> bool:
-    return not only or name in only or name.split("_", 1)[-1] in only
+    short = name.split("_", 1)[-1] if name.startswith(("bigbench_", "agieval_")) else name
+    return not only or name in only or short in only
 
 
 def selected(tasks: list[Task], cfg: EvalConfig) -> list[Task]:

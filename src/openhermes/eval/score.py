@@ -5,9 +5,10 @@ context. Tokenization follows the harness: trailing whitespace of the context mo
 continuation; the pair is encoded whole and split where the context's own tokens end. No BOS by
 default (the card's `hf-causal` runs); `add_bos=True` prepends it.
 
-Speed: the requests of a question share its context, so the context goes through the model once,
-its KV cache is copied to one row per choice, and only the continuations are computed, batched.
-Contexts are taken longest first (the progress bar's estimate holds).
+Speed: the requests of a question share its context, so each context goes through the model once
+and only the continuations are computed after it. Contexts of similar length are prefilled together
+(right padding, masked), each context's KV cache rows are repeated for its choices, and all those
+continuations run in one forward with per-row positions. Contexts are taken longest first.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class LLResult:
 
 class Scorer:
     def __init__(self, model, tokenizer, *, add_bos: bool = False, batch_size: int = 32, progress: bool = True):
+        """batch_size: contexts (questions) per forward pass."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.add_bos = add_bos
@@ -68,15 +70,18 @@ class Scorer:
             groups[ctx].append((i, cont))
         results: list[LLResult | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), desc=desc, unit="req", disable=not self.progress)
+        # batch_size contexts per batch (their choices ride along), at most 8 x batch_size continuation rows
+        batch: list[tuple[tuple[int, ...], list[tuple[int, tuple[int, ...]]]]] = []
+        rows = 0
         for ctx in sorted(groups, key=len, reverse=True):
             items = groups[ctx]
-            ctx = self._fit(ctx, max(len(c) for _, c in items))
-            cache = self._prefill(ctx[:-1])
-            for start in range(0, len(items), self.batch_size):
-                chunk = items[start:start + self.batch_size]
-                for (i, _), res in zip(chunk, self._continuations(ctx, cache, [c for _, c in chunk]), strict=True):
-                    results[i] = res
-                bar.update(len(chunk))
+            if batch and (len(batch) == self.batch_size or rows + len(items) > 8 * self.batch_size):
+                self._score_batch(batch, results, bar)
+                batch, rows = [], 0
+            batch.append((self._fit(ctx, max(len(c) for _, c in items)), items))
+            rows += len(items)
+        if batch:
+            self._score_batch(batch, results, bar)
         bar.close()
         return results  # type: ignore[return-value]
 
@@ -85,37 +90,39 @@ class Scorer:
         room = self.max_length - cont_len
         return ctx[-room:] if len(ctx) > room else ctx
 
-    def _prefill(self, ids: tuple[int, ...]) -> DynamicCache | None:
-        if not ids:
-            return None
-        cache = DynamicCache()
-        self.model(input_ids=torch.tensor([ids], device=self.device), past_key_values=cache, use_cache=True,
-                   logits_to_keep=1)
-        return cache
-
-    def _continuations(self, ctx: tuple[int, ...], cache: DynamicCache | None,
-                       conts: list[tuple[int, ...]]) -> list[LLResult]:
-        """All continuations of one context in one forward: rows [last context token, cont[:-1]], padded
-        on the right (causal attention: padding after a position cannot change it)."""
-        k, width = len(conts), max(len(c) for c in conts)
+    def _score_batch(self, batch, results, bar) -> None:
+        """Prefill the contexts (all but their last token) together, right-padded; then every
+        continuation of every context in one forward over the repeated cache rows."""
+        dev = self.device
         pad = self.tokenizer.pad_token_id or 0
-        rows = [[ctx[-1], *c[:-1]] + [pad] * (width - len(c)) for c in conts]
-        past = None
+        heads = [ctx[:-1] for ctx, _ in batch]
+        width = max(len(h) for h in heads)
+        cache, ctx_mask = None, None
+        if width:
+            ids = torch.tensor([list(h) + [pad] * (width - len(h)) for h in heads], device=dev)
+            ctx_mask = torch.tensor([[1] * len(h) + [0] * (width - len(h)) for h in heads], device=dev)
+            cache = DynamicCache()
+            self.model(input_ids=ids, attention_mask=ctx_mask, past_key_values=cache, use_cache=True,
+                       logits_to_keep=1)
+        owners = [k for k, (_, items) in enumerate(batch) for _ in items]
+        conts = [c for _, items in batch for _, c in items]
+        span = max(len(c) for c in conts)
+        rows = [[batch[k][0][-1], *c[:-1]] + [pad] * (span - len(c)) for k, c in zip(owners, conts, strict=True)]
+        starts = torch.tensor([len(batch[k][0]) - 1 for k in owners], device=dev)
+        positions = starts[:, None] + torch.arange(span, device=dev)[None, :]
+        mask = None
         if cache is not None:
-            past = DynamicCache()
-            for layer_idx, layer in enumerate(cache.layers):
-                past.update(layer.keys.expand(k, -1, -1, -1).contiguous(),
-                            layer.values.expand(k, -1, -1, -1).contiguous(), layer_idx)
-        offset = len(ctx) - 1
-        positions = torch.arange(offset, offset + width, device=self.device).expand(k, -1)
-        logits = self.model(input_ids=torch.tensor(rows, device=self.device), position_ids=positions,
-                            past_key_values=past, use_cache=past is not None).logits.float()
+            index = torch.tensor(owners, device=dev)
+            cache.batch_select_indices(index)
+            mask = torch.cat([ctx_mask[index], torch.ones(len(rows), span, dtype=ctx_mask.dtype, device=dev)], 1)
+        logits = self.model(input_ids=torch.tensor(rows, device=dev), attention_mask=mask, position_ids=positions,
+                            past_key_values=cache, use_cache=cache is not None).logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
-        out = []
-        for row, cont in enumerate(conts):
-            target = torch.tensor(cont, device=self.device)
+        flat = [i for _, items in batch for i, _ in items]
+        for row, (i, cont) in enumerate(zip(flat, conts, strict=True)):
+            target = torch.tensor(cont, device=dev)
             n = len(cont)
             lp = logprobs[row, :n].gather(-1, target[:, None]).sum().item()
             greedy = bool((logits[row, :n].argmax(-1) == target).all())
-            out.append(LLResult(lp, greedy))
-        return out
+            results[i] = LLResult(lp, greedy)
+        bar.update(len(flat))

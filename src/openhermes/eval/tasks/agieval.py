@@ -18,7 +18,7 @@ def questions(rows) -> list[Question]:
     return out
 
 
-def tasks(data_dir: Path | None = None, limit: int | None = None) -> list[Task]:
+def tasks(data_dir: Path | None = None, limit: int | None = None, names: list[str] | None = None) -> list[Task]:
     return [Task(f"agieval_{t}", 0, ("acc", "acc_norm"),
                  questions(load_rows(data_dir, f"agieval_{t}", f"dmayhem93/agieval-{t}", None, "test"))[:limit])
-            for t in TASKS]
+            for t in names or TASKS]

@@ -71,9 +71,9 @@ SOURCES = {  # task: (hub id, config, split, builder, version, metrics)
 }
 
 
-def tasks(data_dir: Path | None = None, limit: int | None = None) -> list[Task]:
+def tasks(data_dir: Path | None = None, limit: int | None = None, names: list[str] | None = None) -> list[Task]:
     out = []
-    for name in TASKS:
+    for name in names or TASKS:
         hub, config, split, build, version, mets = SOURCES[name]
         questions = build(load_rows(data_dir, name, hub, config, split))
         out.append(Task(name, version, mets, questions[:limit]))
