@@ -8,7 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -246,27 +246,24 @@ def create_app(engine: BaseEngine, *, api_key: str | None = None, max_batch_size
 
         return {"presets": {name: p.as_dict() for name, p in PRESETS.items()}, "roleplay_lengths": limarp.LENGTHS}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
+    def checked(body, request: Request) -> SamplingParams:
+        """What every generation request goes through first: key, model, unsupported options, samplers."""
         authorize(request)
         check_model(body.model)
         unsupported(body.unsupported())
-        params = sampling(body)
-        try:
+        return sampling(body)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        params = checked(body, request)
+        with prompt_errors("messages"):
             messages = [Message("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
-        except ValueError as e:
-            raise APIError(400, str(e), param="messages", code="invalid_value") from None
-        try:
             if body.roleplay is not None:
                 rp = body.roleplay
                 ids = engine.roleplay_prompt(Roleplay(rp.char_name, rp.user_name, rp.char_persona, rp.user_persona,
                                                       rp.scenario), messages, rp.length)
             else:
                 ids = engine.chat_prompt(messages)
-        except ContextWindowError as e:
-            raise APIError(400, str(e), param="messages", code="context_length_exceeded") from None
-        except ValueError as e:
-            raise APIError(400, str(e), param="messages", code="invalid_value") from None
         stops = body.stop_strings()
         if body.roleplay is not None:
             from openhermes.formats import limarp
@@ -278,20 +275,24 @@ def create_app(engine: BaseEngine, *, api_key: str | None = None, max_batch_size
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        authorize(request)
-        check_model(body.model)
-        unsupported(body.unsupported())
-        params = sampling(body)
-        try:
+        params = checked(body, request)
+        with prompt_errors("prompt"):
             ids = engine.text_prompt(body.prompt_text())
-        except ContextWindowError as e:
-            raise APIError(400, str(e), param="prompt", code="context_length_exceeded") from None
-        except ValueError as e:
-            raise APIError(400, str(e), param="prompt", code="invalid_value") from None
         gen = GenerationRequest(ids, params, body.max_tokens or 16, body.stop_strings(), ignore_eos=body.ignore_eos)
         return await run(request, gen, body, "completion")
 
     return app
+
+
+@contextmanager
+def prompt_errors(param: str):
+    """A prompt that cannot be built is the client's mistake: a 400 naming the field."""
+    try:
+        yield
+    except ContextWindowError as e:
+        raise APIError(400, str(e), param=param, code="context_length_exceeded") from None
+    except ValueError as e:
+        raise APIError(400, str(e), param=param, code="invalid_value") from None
 
 
 class JSONBodyMiddleware:
