@@ -127,3 +127,24 @@ def test_generate_command_with_the_llama_cpp_engine(engines, trained, tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["text"] for r in rows] == [greedy(torch_engine, m).text for m in chats()[:3]]
+
+
+def test_serve_with_the_llama_cpp_engine(engines, trained, tmp_path):
+    import openai
+
+    from tests.serve.conftest import Server
+
+    torch_engine = engines[0]
+    gguf = export_gguf(trained, tmp_path / "m.gguf", "f16", progress=False)
+    server = Server(gguf, "--engine", "llama.cpp")
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+        for messages in chats()[:3]:
+            reply = client.chat.completions.create(model="tiny-chat", messages=messages, temperature=0, max_tokens=24)
+            expected = greedy(torch_engine, messages)
+            assert reply.choices[0].message.content == expected.text
+            streamed = client.chat.completions.create(model="tiny-chat", messages=messages, temperature=0,
+                                                      max_tokens=24, stream=True)
+            assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected.text
+    finally:
+        server.stop()
