@@ -33,8 +33,24 @@ def best_of(repeats: int, fn) -> float:
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def scaled(folder: Path, shape: str, device: str, dtype: torch.dtype) -> Engine:
+    """A random model of another size with the folder's tokenizer and architecture (for GPU figures:
+    the embedded default is too small to show a GPU's speed). shape = hidden,layers,heads,kv_heads,ffn."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    hidden, layers, heads, kv, ffn = (int(x) for x in shape.split(","))
+    cfg = AutoConfig.from_pretrained(folder)
+    cfg.update({"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+                "num_key_value_heads": kv, "intermediate_size": ffn, "head_dim": hidden // heads})
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    return Engine(model, AutoTokenizer.from_pretrained(folder), name=f"random {shape}")
 
 
 def main() -> None:
@@ -43,13 +59,18 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--shape", help="hidden,layers,heads,kv_heads,ffn: a random model of this size instead, "
+                    "e.g. 4096,32,32,8,14336 for Mistral 7B's")
     args = ap.parse_args()
     torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     with tempfile.TemporaryDirectory() as tmp:
         folder = embedded_model_folder(args.model, Path(tmp))
-        engine = Engine.load(folder)
-        print(f"model: {folder} ({sum(p.numel() for p in engine.model.parameters()) / 1e6:.1f}M parameters), "
-              f"{torch.get_num_threads()} threads, {args.tokens} new tokens per prompt")
+        engine = scaled(folder, args.shape, device, dtype) if args.shape else Engine.load(folder)
+        where = torch.cuda.get_device_name() if device == "cuda" else f"{torch.get_num_threads()} CPU threads"
+        print(f"model: {engine.name} ({sum(p.numel() for p in engine.model.parameters()) / 1e6:,.0f}M parameters, "
+              f"{dtype}), {where}, {args.tokens} new tokens per prompt")
         topics = ["sums", "a poem about rain", "Python lists", "the moon", "tea", "sorting", "a dragon", "trains"]
         prompts = [engine.chat_prompt([{"role": "user", "content": f"Tell me about {t}."}]) for t in topics]
         prompts = (prompts * (args.batch // len(prompts) + 1))[: args.batch]
@@ -58,7 +79,7 @@ def main() -> None:
         def request(p):
             return GenerationRequest(p, greedy, args.tokens, ignore_eos=True)
 
-        one = torch.tensor([prompts[0]])
+        one = torch.tensor([prompts[0]], device=engine.device)
         gen_cfg = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False,
                        pad_token_id=engine.tokenizer.pad_token_id)
         with torch.inference_mode():

@@ -36,6 +36,7 @@ class Batch:
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # (B, T) 1 = real token
         self.positions: torch.Tensor | None = None  # (B,) position id of each row's next token
+        self.padded = False  # whether any row has left padding (else no mask is needed: faster)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -56,11 +57,13 @@ class Batch:
         pos = torch.tensor([ids.shape[1]], device=self.device)
         if self.cache is None:
             self.cache, self.mask, self.positions, self.rows = cache, mask, pos, [seq]
+            self.padded = False
             return
         length = max(self.mask.shape[1], mask.shape[1])
         for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
             mine.keys = torch.cat([_left_pad(mine.keys, length), _left_pad(theirs.keys, length)])
             mine.values = torch.cat([_left_pad(mine.values, length), _left_pad(theirs.values, length)])
+        self.padded = self.padded or self.mask.shape[1] != mask.shape[1]
         self.mask = torch.cat([_left_pad(self.mask, length), _left_pad(mask, length)])
         self.positions = torch.cat([self.positions, pos])
         self.rows.append(seq)
@@ -80,8 +83,8 @@ class Batch:
                 return
         last = torch.tensor([[s.ids[-1]] for s in self.rows], device=self.device)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
-        out = self.model(input_ids=last, attention_mask=self.mask, position_ids=self.positions[:, None],
-                         past_key_values=self.cache, use_cache=True)
+        out = self.model(input_ids=last, attention_mask=self.mask if self.padded else None,
+                         position_ids=self.positions[:, None], past_key_values=self.cache, use_cache=True)
         self.positions = self.positions + 1
         logits = out.logits[:, -1]
         greedy = [s.sampler.params.greedy and not s.sampler.needs_context for s in self.rows]
@@ -104,7 +107,9 @@ class Batch:
         self.rows = [self.rows[i] for i in live]
         self.mask = self.mask[index]
         self.positions = self.positions[index]
-        pad = int((self.mask.cumsum(1) == 0).sum(1).min())
+        leading = (self.mask.cumsum(1) == 0).sum(1)
+        pad = int(leading.min())
+        self.padded = bool((leading != pad).any())
         self.mask = self.mask[:, pad:]
         for layer in self.cache.layers:
             layer.keys = layer.keys[index, :, pad:]
