@@ -160,8 +160,6 @@ def export_gguf(model_dir: str | Path, out: str | Path, qtype: str = "f16", prog
             w.add_tensor(gname, gguf.quants.quantize(data, qt), raw_dtype=qt)
         else:
             w.add_tensor(gname, data.astype(np.float16))
-    if not any(k.startswith("lm_head") for _, k in keys):  # tied embeddings: llama.cpp reuses token_embd
-        pass
     out.parent.mkdir(parents=True, exist_ok=True)
     w.write_header_to_file()
     w.write_kv_data_to_file()

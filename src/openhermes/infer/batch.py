@@ -93,7 +93,7 @@ class Batch:
             if greedy[i]:
                 seq.push(argmax[i])
             else:
-                seq.push(seq.sampler(torch.tensor(seq.ids, device=self.device), logits[i]))
+                seq.push(seq.sampler(seq.ids, logits[i]))
         live = [i for i, s in enumerate(self.rows) if not s.done]
         if len(live) < len(self.rows):
             self._keep(live)

@@ -138,7 +138,6 @@ class Engine(BaseEngine):
         eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
         self.stop_ids = frozenset(i for i in eos_ids | {vocab.get(t) for t in chatml.CONTROL_TOKENS} if i is not None)
         has_chatml = all(t in vocab for t in chatml.CONTROL_TOKENS)
-        self.prompt_format = "chatml" if has_chatml else "limarp"
         bos = add_bos if add_bos is not None else tokenizer.bos_token_id is not None
         self._encoders = {fmt: ConversationTokenizer(tokenizer, fmt, add_bos=bos)
                           for fmt in (["chatml"] if has_chatml else []) + ["limarp"]}

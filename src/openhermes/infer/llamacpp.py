@@ -113,11 +113,7 @@ class OneAtATime:
         return len(self.rows)
 
     def _advance(self, seq: Sequence) -> None:
-        logits = self.engine.logits_after(seq.ids)
-        if seq.sampler.params.greedy and not seq.sampler.needs_context:
-            seq.push(int(logits.argmax()))
-        else:
-            seq.push(seq.sampler(torch.tensor(seq.ids), torch.from_numpy(logits)))
+        seq.push(seq.sampler(seq.ids, torch.from_numpy(self.engine.logits_after(seq.ids))))
 
     def add(self, seq: Sequence) -> None:
         if self.rows:

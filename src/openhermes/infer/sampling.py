@@ -12,6 +12,7 @@ because transformers has none.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -166,15 +167,16 @@ class Sampler:
         p = self.params
         return self.repetition is not None or p.presence_penalty != 0 or p.frequency_penalty != 0
 
-    def window(self, context: torch.Tensor) -> torch.Tensor:
+    def window(self, context: Sequence[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The penalties' recent tokens. Only this slice becomes a tensor: the context grows every step."""
         n = self.params.repeat_last_n
-        return context if n <= 0 else context[-n:]
+        return torch.as_tensor(context if n <= 0 else context[-n:], dtype=torch.long, device=device)
 
-    def process(self, context: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def process(self, context: Sequence[int] | torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """All processors, in ORDER, on one row: context (T,) token ids, scores (V,) -> (V,)."""
         scores = scores.float()[None, :]
         if self.needs_context:
-            window = self.window(context)
+            window = self.window(context, scores.device)
             if self.repetition is not None:
                 scores = self.repetition(window[None, :], scores)
             p = self.params
@@ -182,12 +184,12 @@ class Sampler:
                 scores = presence_frequency(window, scores[0], p.presence_penalty, p.frequency_penalty)[None, :]
         if self.params.greedy or _overflowed(scores):
             return scores[0]
-        ids = context[None, :]
+        no_ids = scores.new_zeros((1, 0), dtype=torch.long)  # the warpers here read only the scores
         for w in self.warpers:
-            scores = w(ids, scores)
+            scores = w(no_ids, scores)
         return scores[0]
 
-    def __call__(self, context: torch.Tensor, scores: torch.Tensor) -> int:
+    def __call__(self, context: Sequence[int] | torch.Tensor, scores: torch.Tensor) -> int:
         scores = self.process(context, scores)
         if self.params.greedy or _overflowed(scores):
             return int(scores.argmax())
