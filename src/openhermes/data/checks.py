@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-
-import numpy as np
-import xxhash
 
 from openhermes.formats import Conversation
 
@@ -93,72 +87,10 @@ def refusal(conv: Conversation, phrases: Iterable[str]) -> str | None:
     return None
 
 
-def _key_text(conv: Conversation) -> str:
-    return json.dumps([(m.role, m.content, m.length, m.input) for m in conv.messages], ensure_ascii=False)
-
-
-_WORD = re.compile(r"\w+")
-
-
-class Deduplicator:
-    """Exact duplicates by hash of the turns; near duplicates by MinHash LSH over word 3-grams."""
-
-    def __init__(self, near_threshold: float | None = 0.9, num_perm: int = 64):
-        self.seen: dict[bytes, str] = {}
-        self.num_perm = num_perm
-        self.lsh = None
-        if near_threshold:
-            from datasketch import MinHash, MinHashLSH
-
-            self.lsh = MinHashLSH(threshold=near_threshold, num_perm=num_perm)
-            self._a, self._b = MinHash(num_perm=num_perm, seed=1, scheme="affine32").permutations
-        self._n = 0
-
-    def _minhash(self, words: list[str]):
-        """datasketch's affine32 MinHash of the word 3-grams, computed in numpy: datasketch hashes
-        each shingle in Python (sha1), which made near-dedup most of the pipeline's time."""
-        from datasketch import MinHash
-
-        ids = np.fromiter(map(xxhash.xxh32_intdigest, map(str.encode, words)), dtype=np.uint64, count=len(words))
-        with np.errstate(over="ignore"):
-            grams = np.unique(ids[:-2] * np.uint64(1_000_003) ** 2 + ids[1:-1] * np.uint64(1_000_003) + ids[2:])
-            h = _fmix32((grams ^ (grams >> np.uint64(32))).astype(np.uint32))
-            phv = h[:, None] * self._a + self._b  # uint32 wraparound is the modulo, as in datasketch
-        return MinHash(num_perm=self.num_perm, seed=1, hashvalues=phv.min(axis=0),
-                       permutations=(self._a, self._b), scheme="affine32")
-
-    def check(self, conv: Conversation) -> tuple[str, str] | None:
-        text = _key_text(conv)
-        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        if digest in self.seen:
-            return "exact duplicate", f"same as {self.seen[digest]}"
-        self.seen[digest] = conv.where
-        if self.lsh is None:
-            return None
-        words = _WORD.findall(" ".join(m.content for m in conv.messages).lower())
-        if len(words) < 7:  # too short for a meaningful similarity: exact match only
-            return None
-        mh = self._minhash(words)
-        hits = self.lsh.query(mh)
-        if hits:
-            return "near duplicate", f"similar to {hits[0].rsplit('#', 1)[0]}"
-        self._n += 1
-        self.lsh.insert(conv.where + f"#{self._n}", mh)
-        return None
-
-
-def _fmix32(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finalizer, the premix of datasketch's affine32 scheme."""
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
-
-
-def check_all(items: Iterable, report: DropReport, *, dedup: Deduplicator | None = None,
+def check_all(items: Iterable, report: DropReport, *,
               refusal_phrases: Iterable[str] | None = DEFAULT_REFUSALS) -> Iterator[Conversation]:
-    """Conversations that pass every check; every other row is recorded in `report`."""
+    """Conversations that pass every check on their text; every other row is recorded in `report`.
+    (Duplicates are judged later, on the tokenized samples: data/dedup.py.)"""
     from openhermes.data.readers import RowError
 
     phrases = tuple(refusal_phrases or ())
@@ -170,8 +102,6 @@ def check_all(items: Iterable, report: DropReport, *, dedup: Deduplicator | None
         bad = validate(item)
         if bad is None and phrases and (hit := refusal(item, phrases)):
             bad = ("refusal", f"assistant says {hit!r}")
-        if bad is None and dedup is not None:
-            bad = dedup.check(item)
         if bad is not None:
             report.drop(item.where, *bad)
             continue

@@ -10,7 +10,7 @@ import json
 import os
 import random
 import shutil
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +19,14 @@ import numpy as np
 import xxhash
 from tqdm.auto import tqdm
 
-from openhermes.data import checks, demo, pack
+from openhermes.data import checks, dedup, demo, pack
 from openhermes.data.readers import read_records
 from openhermes.data.tokenize import ConversationTokenizer, Sample, fit_length
 
-PIPELINE_VERSION = "1"  # bump when the pipeline's output changes for the same inputs
+PIPELINE_VERSION = "2"  # bump when the pipeline's output changes for the same inputs
 DEFAULT_CACHE = Path(os.environ.get("OPENHERMES_CACHE", Path.home() / ".cache" / "openhermes"))
 BATCH = 1000
+MAX_PENDING = 8  # chunks in flight
 
 
 @dataclass
@@ -130,7 +131,7 @@ def _histogram(lengths: list[int], bins: int = 10) -> list[dict]:
     return [{"from": int(edges[i]), "to": int(edges[i + 1]), "count": int(c)} for i, c in enumerate(counts)]
 
 
-def _to_dataset(samples: list[Sample], recipe, seed: int):
+def _to_dataset(samples: list[Sample], recipe, seed: int, fingerprint: str):
     import datasets
     import pyarrow as pa
 
@@ -140,10 +141,30 @@ def _to_dataset(samples: list[Sample], recipe, seed: int):
     else:
         bins = [[i] for i in random.Random(seed).sample(range(len(samples)), len(samples))]
     rows = pack.pack_rows([s.input_ids for s in samples], [s.labels for s in samples], bins)
-    table = pa.table({k: pa.array([np.asarray(v) for v in vals], type=pa.list_(pa.int32()))
-                      for k, vals in rows.items()})
+    table = pa.table({k: _list_array(vals) for k, vals in rows.items()})
     eff = pack.efficiency(lengths, len(bins), recipe.sequence_len) if recipe.sample_packing else None
-    return datasets.Dataset(table), eff
+    # Our cache key names the content: datasets would otherwise hash the whole table to make one.
+    return datasets.Dataset(table, fingerprint=fingerprint), eff
+
+
+def _list_array(rows: list[np.ndarray]):
+    """An Arrow list<int32> column from one flat buffer and its offsets (no per-row conversion)."""
+    import pyarrow as pa
+
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    flat = np.concatenate(rows).astype(np.int32, copy=False) if rows else np.zeros(0, dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+
+
+def _encode_chunk(enc: ConversationTokenizer, convs: list, recipe, near_dedup: bool) -> list[tuple]:
+    """Worker-thread work for one chunk: tokenize, fit to sequence_len, sign for near-dedup.
+    (where, sample or None, drop reason, detail, signature) per conversation, in order."""
+    fitted = [fit_length(s, recipe.sequence_len, recipe.long_samples) for s in enc.encode_batch(convs)]
+    kept = [sample for sample, _, _ in fitted if sample is not None]
+    sigs = iter(dedup.signatures([s.input_ids for s in kept]) if near_dedup else [None] * len(kept))
+    return [(conv.where, sample, reason, detail, None if sample is None else next(sigs))
+            for conv, (sample, reason, detail) in zip(convs, fitted, strict=True)]
 
 
 def _read_check_tokenize(recipe, tokenizer, paths: list[str], report: checks.DropReport,
@@ -151,13 +172,31 @@ def _read_check_tokenize(recipe, tokenizer, paths: list[str], report: checks.Dro
     """Every data set's usable samples, by report name; every other row is recorded in `report`."""
     phrases = (recipe.refusal_phrases or checks.DEFAULT_REFUSALS) if recipe.refusal_filter else ()
     # One deduplicator for all data sets, so duplicates across them are found too.
-    dedup = checks.Deduplicator(recipe.near_dedup_threshold) if recipe.dedup else None
+    dedupe = dedup.Deduplicator(recipe.near_dedup_threshold) if recipe.dedup else None
+    near = dedupe is not None and dedupe.near
     encoders: dict[str, ConversationTokenizer] = {}
     per_set: dict[str, list[Sample]] = {spec.report_name: [] for spec in recipe.datasets}
+    pending: deque[tuple[str, Future]] = deque()
+
+    def finish(name: str, future: Future) -> None:
+        # In input order, so the first of two duplicates is the one kept.
+        for where, sample, reason, detail, signature in future.result():
+            if sample is None:
+                report.drop(where, reason, detail)
+            elif dedupe is not None and (bad := dedupe.check(sample, signature)) is not None:
+                report.drop(sample.where, *bad)
+            else:
+                per_set[name].append(sample)
+
     # Chunks are tokenized on worker threads (the Rust tokenizer releases the GIL) while this thread
     # reads and checks the next chunk: the Python work hides behind the tokenizer's.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        pending: list[tuple[str, Future]] = []
+        def submit(name: str, enc: ConversationTokenizer, chunk: list) -> None:
+            pending.append((name, pool.submit(_encode_chunk, enc, chunk, recipe, near)))
+            # Finish chunks as they come back; a bounded queue keeps memory flat on big sets.
+            while pending and (pending[0][1].done() or len(pending) > MAX_PENDING):
+                finish(*pending.popleft())
+
         for spec, path in zip(recipe.datasets, paths, strict=True):
             fmt = spec.format or recipe.prompt_format
             enc = encoders.setdefault(fmt, ConversationTokenizer(
@@ -166,20 +205,15 @@ def _read_check_tokenize(recipe, tokenizer, paths: list[str], report: checks.Dro
             bar = tqdm(items, desc=f"read+check+tokenize {Path(spec.report_name).name}", unit=" rows",
                        disable=not progress)
             chunk: list = []
-            for conv in checks.check_all(bar, report, dedup=dedup, refusal_phrases=phrases):
+            for conv in checks.check_all(bar, report, refusal_phrases=phrases):
                 chunk.append(conv)
                 if len(chunk) == BATCH:
-                    pending.append((spec.report_name, pool.submit(enc.encode_batch, chunk)))
+                    submit(spec.report_name, enc, chunk)
                     chunk = []
             if chunk:
-                pending.append((spec.report_name, pool.submit(enc.encode_batch, chunk)))
-        for name, future in pending:
-            for sample in future.result():
-                fitted, reason, detail = fit_length(sample, recipe.sequence_len, recipe.long_samples)
-                if fitted is None:
-                    report.drop(sample.where, reason, detail)
-                else:
-                    per_set[name].append(fitted)
+                submit(spec.report_name, enc, chunk)
+        while pending:
+            finish(*pending.popleft())
     return per_set
 
 
@@ -248,10 +282,10 @@ def prepare(recipe, tokenizer, out_dir: str | Path | None = None, strict: bool =
     order = random.Random(recipe.seed).sample(range(len(samples)), len(samples))
     val = [samples[i] for i in order[:n_val]]
     train = [samples[i] for i in sorted(order[n_val:])]
-    train_ds, efficiency = _to_dataset(train, recipe, recipe.seed)
+    train_ds, efficiency = _to_dataset(train, recipe, recipe.seed, f"{key}-train")
     parts = {"train": train_ds}
     if val:
-        parts["validation"] = _to_dataset(val, recipe, recipe.seed)[0]
+        parts["validation"] = _to_dataset(val, recipe, recipe.seed, f"{key}-validation")[0]
     stats = _stats(key, recipe, report, samples, len(train_ds), len(val), efficiency, shares)
     _write(out, parts, stats, tokenizer, key)
     return Prepared(out, key, stats, cache_hit=False)

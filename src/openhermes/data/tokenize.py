@@ -63,22 +63,37 @@ class ConversationTokenizer:
     def segments(self, conv: Conversation) -> list[Segment]:
         return self.fmt.segments(conv, train_roles=self.train_roles, train_on_inputs=self.train_on_inputs)
 
-    def _spans(self, segs: list[Segment]) -> tuple[str, np.ndarray, np.ndarray]:
-        texts = [self.eos_token if s.kind == "eos" else s.text for s in segs]
-        starts = np.zeros(len(segs), dtype=np.int64)
-        np.cumsum([len(t) for t in texts[:-1]], out=starts[1:])
-        return "".join(texts), starts, np.array([s.train for s in segs], dtype=bool)
-
-    def _injected(self, segs: list[Segment]) -> bool:
-        return self.added_re is not None and any(s.kind == "text" and self.added_re.search(s.text) for s in segs)
+    def _spans(self, segs: list[Segment]) -> tuple[str, np.ndarray, np.ndarray, bool]:
+        """The text; where "trained?" changes: (start char, trained) of each run of segments with the
+        same flag (only those starts matter to the mask, and a turn has ~5 segments but 2 runs); and
+        whether the message text spells a token the tokenizer would match (the injection risk)."""
+        texts: list[str] = []
+        plain: list[str] = []
+        starts: list[int] = []
+        flags: list[bool] = []
+        pos = 0
+        for s in segs:
+            if s.kind == "text":
+                text = s.text
+                plain.append(text)
+            else:
+                text = self.eos_token if s.kind == "eos" else s.text
+                plain.append("\0")  # a control token ends the run a match could span
+            if not flags or s.train != flags[-1]:
+                starts.append(pos)
+                flags.append(s.train)
+            texts.append(text)
+            pos += len(text)
+        injected = self.added_re is not None and self.added_re.search("".join(plain)) is not None
+        return "".join(texts), np.asarray(starts, dtype=np.int64), np.asarray(flags, dtype=bool), injected
 
     def encode_batch(self, convs: list[Conversation]) -> list[Sample]:
         all_segs = [self.segments(c) for c in convs]
         rendered = [self._spans(segs) for segs in all_segs]
         encodings = self.backend.encode_batch([r[0] for r in rendered], add_special_tokens=False)
         out = []
-        for conv, segs, (_, starts, train), enc in zip(convs, all_segs, rendered, encodings, strict=True):
-            if self._injected(segs):
+        for conv, segs, (_, starts, train, injected), enc in zip(convs, all_segs, rendered, encodings, strict=True):
+            if injected:
                 ids, labels = self._encode_pieces(segs)
             else:
                 ids = np.asarray(enc.ids, dtype=np.int32)
@@ -105,7 +120,7 @@ class ConversationTokenizer:
         def flush() -> None:
             if not run:
                 return
-            text, starts, train = self._spans(run)
+            text, starts, train, _ = self._spans(run)
             enc = self.plain_backend.encode(text, add_special_tokens=False)
             mask = _train_mask(enc, starts, train, len(enc.ids))
             ids.extend(enc.ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import cache
 
 from openhermes.formats.base import Conversation, Message, Segment, segments_text
 
@@ -20,6 +21,18 @@ CHAT_TEMPLATE = (
 STOP_STRINGS = (IM_END,)
 
 
+# The fixed pieces are built once and shared (segments are immutable): a prepare run renders
+# millions of turns, and building five tuples per turn was a fifth of its Python time.
+_START = {t: Segment(IM_START, t, "control") for t in (False, True)}
+_END = {t: Segment(IM_END, t, "control") for t in (False, True)}
+_NEWLINE = {t: Segment("\n", t) for t in (False, True)}
+
+
+@cache
+def _header(role: str, train: bool) -> Segment:
+    return Segment(role + "\n", train)
+
+
 def segments(
     conv: Conversation,
     train_roles: tuple[str, ...] = ("assistant",),
@@ -29,14 +42,14 @@ def segments(
     """Render a conversation. Trained by default: assistant content and its <|im_end|>;
     never the `<|im_start|>assistant\\n` header nor the newline after <|im_end|> (axolotl 922)."""
     out: list[Segment] = []
+    start, newline = _START[train_on_inputs], _NEWLINE[train_on_inputs]
     for m in conv.messages:
         train = train_on_inputs or m.role in train_roles
-        out.append(Segment(IM_START, train_on_inputs, "control"))
-        out.append(Segment(m.role + "\n", train_on_inputs))
+        header = _header(m.role, train_on_inputs)
         if m.content:
-            out.append(Segment(m.content, train))
-        out.append(Segment(IM_END, train, "control"))
-        out.append(Segment("\n", train_on_inputs))
+            out += (start, header, Segment(m.content, train), _END[train], newline)
+        else:
+            out += (start, header, _END[train], newline)
     if add_generation_prompt:
         out.append(Segment(IM_START, False, "control"))
         out.append(Segment("assistant\n", False))
