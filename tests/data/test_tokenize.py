@@ -81,8 +81,8 @@ def test_careful_path_equals_fast_path_on_ordinary_text(chatml_tokenizer):
     enc = ConversationTokenizer(chatml_tokenizer)
     (fast,) = enc.encode_batch([CONV])
     ids, labels = enc._encode_pieces(enc.segments(CONV))
-    assert fast.input_ids[1:].tolist() == ids.tolist()
-    assert np.array_equal(fast.labels[2:], labels[1:])
+    assert fast.input_ids[1:].tolist() == ids
+    assert fast.labels[2:].tolist() == labels[1:]
 
 
 def test_concurrent_batches_with_and_without_spelled_control_tokens(chatml_tokenizer):

@@ -6,12 +6,14 @@ masking and packing setting, so any change prepares again (axolotl 1265, 341, 46
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
 import shutil
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,6 +258,19 @@ def _write(out: Path, parts: dict, stats: dict, tokenizer, key: str) -> None:
     tmp.replace(out)
 
 
+@contextmanager
+def _gc_paused():
+    """Reading builds millions of small objects that all live on; each of the collections they
+    trigger walks every one of them (a third of the reading time). Nothing here makes cycles."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def prepare(recipe, tokenizer, out_dir: str | Path | None = None, strict: bool = False,
             cache_dir: Path = DEFAULT_CACHE, progress: bool = True) -> Prepared:
     if not recipe.datasets:
@@ -267,7 +282,8 @@ def prepare(recipe, tokenizer, out_dir: str | Path | None = None, strict: bool =
         return Prepared(out, key, json.loads((out / "report.json").read_text()), cache_hit=True)
 
     report = checks.DropReport()
-    per_set = _read_check_tokenize(recipe, tokenizer, paths, report, progress)
+    with _gc_paused():
+        per_set = _read_check_tokenize(recipe, tokenizer, paths, report, progress)
     shares = {d.report_name: d.share for d in recipe.datasets}
     samples = _mix(per_set, shares, recipe.seed, report)
     report.kept = len(samples)

@@ -7,6 +7,7 @@ come only from control segments: text inside a message that spells one is tokeni
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -63,7 +64,7 @@ class ConversationTokenizer:
     def segments(self, conv: Conversation) -> list[Segment]:
         return self.fmt.segments(conv, train_roles=self.train_roles, train_on_inputs=self.train_on_inputs)
 
-    def _spans(self, segs: list[Segment]) -> tuple[str, np.ndarray, np.ndarray, bool]:
+    def _spans(self, segs: list[Segment]) -> tuple[str, list[int], list[bool], bool]:
         """The text; where "trained?" changes: (start char, trained) of each run of segments with the
         same flag (only those starts matter to the mask, and a turn has ~5 segments but 2 runs); and
         whether the message text spells a token the tokenizer would match (the injection risk)."""
@@ -85,21 +86,28 @@ class ConversationTokenizer:
             texts.append(text)
             pos += len(text)
         injected = self.added_re is not None and self.added_re.search("".join(plain)) is not None
-        return "".join(texts), np.asarray(starts, dtype=np.int64), np.asarray(flags, dtype=bool), injected
+        return "".join(texts), starts, flags, injected
 
     def encode_batch(self, convs: list[Conversation]) -> list[Sample]:
         all_segs = [self.segments(c) for c in convs]
         rendered = [self._spans(segs) for segs in all_segs]
         encodings = self.backend.encode_batch([r[0] for r in rendered], add_special_tokens=False)
+        head = [self.bos_id] if self.bos_id is not None else []
         out = []
         for conv, segs, (_, starts, train, injected), enc in zip(convs, all_segs, rendered, encodings, strict=True):
             if injected:
-                ids, labels = self._encode_pieces(segs)
+                body, body_labels = self._encode_pieces(segs)
+                ids = np.asarray(head + body, dtype=np.int32)
+                labels = np.asarray([IGNORE] * len(head) + body_labels, dtype=np.int32)
             else:
-                ids = np.asarray(enc.ids, dtype=np.int32)
-                mask = _train_mask(enc, starts, train, len(ids))
-                labels = np.where(mask, ids, IGNORE).astype(np.int32)
-            out.append(self._finish(ids, labels, conv))
+                ids = np.asarray(head + enc.ids, dtype=np.int32)
+                labels = ids.copy()
+                labels[~_train_mask(enc, starts, train, len(enc.ids), lead=len(head))] = IGNORE
+            if len(labels):
+                # Nothing inside a sample predicts its first token; in a packed row it must not be
+                # learned from the previous sample's last position either.
+                labels[0] = IGNORE
+            out.append(Sample(ids, labels, conv.where, conv.dataset))
         return out
 
     def prompt_ids(self, conv: Conversation, length: str | None = None) -> list[int]:
@@ -108,9 +116,9 @@ class ConversationTokenizer:
         kwargs = {"length": length} if length is not None else {}
         segs = self.fmt.segments(conv, add_generation_prompt=True, **kwargs)
         ids, _ = self._encode_pieces(segs)
-        return ([self.bos_id] if self.bos_id is not None else []) + ids.tolist()
+        return ([self.bos_id] if self.bos_id is not None else []) + ids
 
-    def _encode_pieces(self, segs: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
+    def _encode_pieces(self, segs: list[Segment]) -> tuple[list[int], list[int]]:
         """The careful path, for a conversation whose text spells a control token: each run of text
         between real control tokens is encoded with special-token matching off."""
         ids: list[int] = []
@@ -137,32 +145,24 @@ class ConversationTokenizer:
             ids.append(tid)
             labels.append(tid if s.train else IGNORE)
         flush()
-        return np.asarray(ids, dtype=np.int32), np.asarray(labels, dtype=np.int32)
+        return ids, labels
 
-    def _finish(self, ids: np.ndarray, labels: np.ndarray, conv: Conversation) -> Sample:
-        if self.bos_id is not None:
-            ids = np.concatenate([[self.bos_id], ids]).astype(np.int32)
-            labels = np.concatenate([[IGNORE], labels]).astype(np.int32)
-        if len(labels):
-            # Nothing inside a sample predicts its first token; in a packed row it must not be
-            # learned from the previous sample's last position either.
-            labels[0] = IGNORE
-        return Sample(ids, labels, conv.where, conv.dataset)
-
-
-def _train_mask(enc, starts: np.ndarray, train: np.ndarray, n_tokens: int) -> np.ndarray:
-    """Per-token "trained?" from the character offsets: a token belongs to the segment holding its
-    first character. Looks up one boundary token per segment instead of converting every offset."""
-    bounds = np.empty(len(starts) + 1, dtype=np.int64)
-    bounds[-1] = n_tokens
-    for k, s in enumerate(starts.tolist()):
+def _train_mask(enc, starts: list[int], train: list[bool], n_tokens: int, lead: int = 0) -> np.ndarray:
+    """Per-token "trained?" from the character offsets: a token belongs to the run of segments holding
+    its first character. Looks up one boundary token per run instead of converting every offset.
+    `lead` untrained positions go first (the BOS token)."""
+    bounds = []
+    for s in starts:
         t = enc.char_to_token(s)
         if t is None:  # a character no token covers (a normalizer dropped it): use every offset
             offs = np.fromiter((o[0] for o in enc.offsets), dtype=np.int64, count=n_tokens)
-            return train[np.searchsorted(starts, offs, side="right") - 1]
-        bounds[k] = t + 1 if enc.token_to_chars(t)[0] < s else t  # a straddling token stays with the earlier one
-    bounds = np.maximum.accumulate(bounds)
-    return np.repeat(train, np.diff(bounds))
+            mask = np.asarray(train)[np.searchsorted(starts, offs, side="right") - 1]
+            return np.concatenate([np.zeros(lead, dtype=bool), mask])
+        bounds.append(t + 1 if enc.token_to_chars(t)[0] < s else t)  # a straddling token stays with the earlier one
+    bounds.append(n_tokens)
+    bounds = list(itertools.accumulate(bounds, max))
+    sizes = [lead + bounds[0]] + [b - a for a, b in itertools.pairwise(bounds)]
+    return np.repeat([False, *train], sizes)
 
 
 def fit_length(sample: Sample, max_len: int, policy: str) -> tuple[Sample | None, str, str]:
