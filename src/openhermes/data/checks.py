@@ -55,12 +55,13 @@ def validate(conv: Conversation, allow_trailing_user: bool = True) -> tuple[str,
     """(reason, detail) when a conversation is unusable, else None."""
     msgs = conv.messages
     for i, m in enumerate(msgs):
-        if not m.content.strip():
+        if not m.content or m.content.isspace():
             return "empty turn", f"turn {i} ({m.role}) is empty"
-        try:
-            m.content.encode("utf-8")
-        except UnicodeEncodeError:
-            return "invalid UTF-8", f"turn {i} holds a lone surrogate"
+        if not m.content.isascii():  # ASCII cannot hold a lone surrogate; skip the copy encoding makes
+            try:
+                m.content.encode("utf-8")
+            except UnicodeEncodeError:
+                return "invalid UTF-8", f"turn {i} holds a lone surrogate"
     turns = [m for m in msgs if m.role != "system"]
     if any(m.role == "system" for m in msgs[1:]):
         return "role order", "a system turn after the first turn"
@@ -77,11 +78,12 @@ def validate(conv: Conversation, allow_trailing_user: bool = True) -> tuple[str,
 
 
 def refusal(conv: Conversation, phrases: Iterable[str]) -> str | None:
-    lowered = [p.lower() for p in phrases]
+    """The first refusal phrase an assistant turn contains (case-insensitive), else None.
+    `phrases` are compared as given: pass them lower-cased."""
     for m in conv.messages:
         if m.role == "assistant":
             text = m.content.lower()
-            for p in lowered:
+            for p in phrases:
                 if p in text:
                     return p
     return None
@@ -93,7 +95,7 @@ def check_all(items: Iterable, report: DropReport, *,
     (Duplicates are judged later, on the tokenized samples: data/dedup.py.)"""
     from openhermes.data.readers import RowError
 
-    phrases = tuple(refusal_phrases or ())
+    phrases = tuple(p.lower() for p in refusal_phrases or ())
     for item in items:
         report.rows_in += 1
         if isinstance(item, RowError):

@@ -2,7 +2,7 @@
 
 Duplicates are judged on what training would see: exact duplicates are samples with the same
 token ids and labels; near duplicates have MinHash signatures of their token 3-grams that
-datasketch's LSH index finds above the Jaccard threshold. Working on token ids needs no second
+LSH banding (datasketch's choice of bands) finds above the Jaccard threshold. Working on token ids needs no second
 pass over the text (word splitting and hashing every word cost more than tokenizing).
 
 Signatures are computed for a whole chunk of samples at once (`signatures`, thread-safe, numpy);
@@ -37,7 +37,7 @@ def signatures(ids: list[np.ndarray], num_perm: int = 64) -> list[np.ndarray | N
     Ours rather than datasketch's MinHash: that one hashes every gram num_perm times, one sample at
     a time in Python, which cost more than tokenizing; this hashes each gram once for a whole chunk.
     Two signatures agree in a position with probability equal to the sets' Jaccard similarity, which
-    is what datasketch's LSH index expects of its input."""
+    is what LSH banding expects of its input."""
     n = len(ids)
     if n == 0:
         return []
@@ -66,33 +66,26 @@ def signatures(ids: list[np.ndarray], num_perm: int = 64) -> list[np.ndarray | N
     return [dense[i] if grams_per_sample[i] >= MIN_GRAMS else None for i in range(n)]
 
 
-class Signature:
-    """What datasketch's LSH reads from a MinHash: its hash values and length."""
-
-    __slots__ = ("hashvalues",)
-
-    def __init__(self, hashvalues: np.ndarray):
-        self.hashvalues = hashvalues
-
-    def __len__(self) -> int:
-        return len(self.hashvalues)
-
-
 class Deduplicator:
     """Keeps the first of each set of duplicates, across every data set given to it."""
 
     def __init__(self, near_threshold: float | None = 0.9, num_perm: int = 64):
         self.seen: dict[bytes, str] = {}
         self.num_perm = num_perm
-        self.lsh = None
+        self.bands: list[tuple[int, int]] = []
         if near_threshold:
             from datasketch import MinHashLSH
 
-            self.lsh = MinHashLSH(threshold=near_threshold, num_perm=num_perm)
+            # datasketch picks the banding (b bands of r rows) that best separates pairs above the
+            # threshold from those below. Its index keeps every key of every bucket in sets; we need
+            # only the first row in a bucket, so a dict per band does (a fifth of the time).
+            lsh = MinHashLSH(threshold=near_threshold, num_perm=num_perm)
+            self.bands = list(lsh.hashranges)
+        self.buckets: list[dict[bytes, str]] = [{} for _ in self.bands]
 
     @property
     def near(self) -> bool:
-        return self.lsh is not None
+        return bool(self.bands)
 
     def check(self, sample: Sample, signature: np.ndarray | None) -> tuple[str, str] | None:
         """(reason, detail) when `sample` duplicates one seen before, else None (and remember it)."""
@@ -102,11 +95,12 @@ class Deduplicator:
         if digest in self.seen:
             return "exact duplicate", f"same as {self.seen[digest]}"
         self.seen[digest] = sample.where
-        if self.lsh is None or signature is None:
+        if not self.bands or signature is None:
             return None
-        sig = Signature(signature)
-        hits = self.lsh.query(sig)
-        if hits:
-            return "near duplicate", f"similar to {min(hits)[1]}"
-        self.lsh.insert((len(self.seen), sample.where), sig, check_duplication=False)
+        keys = [signature[a:b].tobytes() for a, b in self.bands]
+        for bucket, key in zip(self.buckets, keys, strict=True):
+            if (first := bucket.get(key)) is not None:
+                return "near duplicate", f"similar to {first}"
+        for bucket, key in zip(self.buckets, keys, strict=True):
+            bucket[key] = sample.where
         return None

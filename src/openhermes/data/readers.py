@@ -58,13 +58,16 @@ def _turns(turns: Any, role_key: str, text_key: str) -> list[Message]:
     for i, t in enumerate(turns):
         if not isinstance(t, dict):
             raise BadRow("malformed record", f"turn {i} is {type(t).__name__}, not an object")
-        role = t.get(role_key, t.get("role", t.get("from")))
-        text = t.get(text_key, t.get("content", t.get("value")))
-        if role is None or (text is None and text_key not in t and "content" not in t and "value" not in t):
+        role = t.get(role_key)  # the usual key first: this runs for every turn of every row
+        if role is None:
+            role = t.get("role", t.get("from"))
+        key = text_key if text_key in t else "content" if "content" in t else "value" if "value" in t else None
+        if role is None or key is None:
             raise BadRow("malformed record", f"turn {i} lacks {role_key!r} or {text_key!r}")
-        if not isinstance(role, str) or role.lower() not in ROLE_NAMES:
+        name = ROLE_NAMES.get(role.lower()) if isinstance(role, str) else None
+        if name is None:
             raise BadRow("unknown role", f"turn {i} has role {role!r}")
-        out.append(Message(ROLE_NAMES[role.lower()], _text(text, f"turn {i}")))
+        out.append(Message(name, _text(t[key], f"turn {i}")))
     return out
 
 
