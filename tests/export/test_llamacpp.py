@@ -107,13 +107,15 @@ def test_merged_lora_exports_and_runs_the_same(trained, tmp_path):
     merged = merge_adapter(tmp_path / "adapter", tmp_path / "merged", str(trained))
     torch_engine = Engine.load(merged, device="cpu")
     cpp = LlamaCppEngine(export_gguf(merged, tmp_path / "merged.gguf", "f16", progress=False))
-    base = Engine.load(trained, device="cpu")
-    changed = 0
     for messages in chats():
         a, b = greedy(torch_engine, messages), greedy(cpp, messages)
         assert a.token_ids == b.token_ids
-        changed += a.token_ids != greedy(base, messages).token_ids
-    assert changed > 0  # the adapter did change the model
+    # The adapter did change the model (its outputs, not only its files).
+    ids = torch.tensor([torch_engine.chat_prompt(chats()[0])])
+    with torch.no_grad():
+        before = AutoModelForCausalLM.from_pretrained(trained)(ids).logits
+        after = AutoModelForCausalLM.from_pretrained(merged)(ids).logits
+    assert (after - before).abs().max() > 1e-2
 
 
 def test_generate_command_with_the_llama_cpp_engine(engines, trained, tmp_path):
