@@ -1,7 +1,8 @@
 """Data pipeline throughput: read -> check -> tokenize -> pack on N synthetic conversations.
 
 Prints conversations/s, peak memory, packing efficiency, and two ratios measured in this one
-process: against bare batched tokenization of the same rendered texts (the floor; target <= 1.5x)
+process (openhermes and bare run before and after TRL; each figure is the mean of the two): against
+bare batched tokenization of the same rendered texts (the floor; target <= 1.5x)
 and against TRL's SFT data preparation (ChatML template + assistant mask + bfd packing; target:
 openhermes >= 3x faster).
 
@@ -11,8 +12,11 @@ openhermes >= 3x faster).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
+import shutil
+import statistics
 import tempfile
 import warnings
 from pathlib import Path
@@ -29,7 +33,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     # One-time imports are not data-pipeline time (TRL's are made before its timer starts too).
-    import datasets
+    import datasets  # noqa: F401
     import datasketch  # noqa: F401
 
     from openhermes.config import Recipe
@@ -47,22 +51,34 @@ def main() -> None:
                       num_key_value_heads=2)
     tok = load_tokenizer(base, "chatml")
     recipe = Recipe(datasets=[{"path": str(data)}], sequence_len=args.seq_len, sample_packing=True)
-    t: dict[str, float] = {}
-
-    with timer(t, "openhermes"):
-        prep = prepare(recipe, tok, out_dir=work / "prepared", cache_dir=work, progress=False)
-    peak = peak_rss_mb()
-
-    bare_recipe = recipe.model_copy(update={"dedup": False, "refusal_filter": False})
-    with timer(t, "openhermes_no_filters"):
-        prepare(bare_recipe, tok, out_dir=work / "prepared-nofilter", cache_dir=work, progress=False)
-
+    no_filters = recipe.model_copy(update={"dedup": False, "refusal_filter": False})
     rendered = [chatml.render(c) for c in read_records(str(data), "sharegpt")]
-    with timer(t, "bare"):
-        for i in range(0, len(rendered), 1000):
-            tok(rendered[i:i + 1000], add_special_tokens=False)
+    runs: dict[str, list[float]] = {"openhermes": [], "openhermes_no_filters": [], "bare": []}
 
-    r = prep.report
+    def measure_ours_and_bare() -> dict:
+        t: dict[str, float] = {}
+        for folder in ("prepared", "prepared-nofilter"):  # a finished set would be a cache hit
+            shutil.rmtree(work / folder, ignore_errors=True)
+        with timer(t, "openhermes"):
+            prep = prepare(recipe, tok, out_dir=work / "prepared", cache_dir=work / "cache", progress=False)
+        with timer(t, "openhermes_no_filters"):
+            prepare(no_filters, tok, out_dir=work / "prepared-nofilter", cache_dir=work / "cache", progress=False)
+        with timer(t, "bare"):
+            for i in range(0, len(rendered), 1000):
+                tok(rendered[i:i + 1000], add_special_tokens=False)
+        for k, v in t.items():
+            runs[k].append(v)
+        print("  run: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()), flush=True)
+        return prep.report
+
+    # The machine drifts by 10-20% over minutes: openhermes and bare run before and after TRL, and
+    # each figure is the mean of its two runs.
+    r = measure_ours_and_bare()
+    peak = peak_rss_mb()
+    trl = None if args.skip_trl else run_trl(args, work, base, tok, texts)
+    measure_ours_and_bare()
+    t = {k: statistics.mean(v) for k, v in runs.items()}
+
     print(f"conversations: {args.n}   tokens: {r['tokens']:,}   rows kept: {r['rows']['kept']}   "
           f"dropped: {r['rows']['dropped']}")
     print(f"openhermes read+check+tokenize+pack: {t['openhermes']:.1f} s = {args.n / t['openhermes']:,.0f} conv/s; "
@@ -70,12 +86,20 @@ def main() -> None:
     print(f"openhermes without dedup/refusal filters (TRL's work): {t['openhermes_no_filters']:.1f} s")
     print(f"bare batched tokenization: {t['bare']:.1f} s   ratio openhermes/bare = {t['openhermes'] / t['bare']:.2f}x "
           "(target <= 1.5x)")
+    if trl is not None:
+        seconds, n_rows, trl_eff = trl
+        print(f"TRL SFT data preparation: {seconds:.1f} s ({n_rows} rows, packing efficiency {trl_eff:.4f})   "
+              f"speed-up openhermes vs TRL = {seconds / t['openhermes']:.2f}x with all checks, "
+              f"{seconds / t['openhermes_no_filters']:.2f}x for the same work (target >= 3x)")
 
-    if args.skip_trl:
-        return
+
+def run_trl(args, work: Path, base: Path, tok, texts: list) -> tuple[float, int, float]:
+    """TRL's SFT data preparation of the same conversations: (seconds, rows, packing efficiency)."""
+    import datasets
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
+    tok = copy.deepcopy(tok)
     tok.chat_template = CHATML_TRAINING_TEMPLATE
     roles = {"system": "system", "human": "user", "gpt": "assistant"}
     rows = [{"messages": [{"role": roles[m["from"]], "content": m["value"]} for m in c]} for c in texts]
@@ -83,14 +107,14 @@ def main() -> None:
     model.resize_token_embeddings(len(tok))
     cfg = SFTConfig(output_dir=str(work / "trl"), max_length=args.seq_len, packing=True, packing_strategy="bfd",
                     assistant_only_loss=True, report_to=[], dataset_num_proc=None, use_cpu=True)
+    t: dict[str, float] = {}
     with timer(t, "trl"):
         ds = datasets.Dataset.from_list(rows)
         trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
     n_rows = len(trainer.train_dataset)
-    trl_eff = sum(len(x) for x in trainer.train_dataset["input_ids"]) / (n_rows * args.seq_len)
-    print(f"TRL SFT data preparation: {t['trl']:.1f} s ({n_rows} rows, packing efficiency {trl_eff:.4f})   "
-          f"speed-up openhermes vs TRL = {t['trl'] / t['openhermes']:.2f}x with all checks, "
-          f"{t['trl'] / t['openhermes_no_filters']:.2f}x for the same work (target >= 3x)")
+    eff = sum(len(x) for x in trainer.train_dataset["input_ids"]) / (n_rows * args.seq_len)
+    print(f"  run: trl {t['trl']:.1f} s", flush=True)
+    return t["trl"], n_rows, eff
 
 
 if __name__ == "__main__":

@@ -177,8 +177,8 @@ def _read_check_tokenize(recipe, tokenizer, paths: list[str], report: checks.Dro
     """Every data set's usable samples, by report name; every other row is recorded in `report`."""
     phrases = (recipe.refusal_phrases or checks.DEFAULT_REFUSALS) if recipe.refusal_filter else ()
     # One deduplicator for all data sets, so duplicates across them are found too.
-    dedupe = dedup.Deduplicator(recipe.near_dedup_threshold) if recipe.dedup else None
-    near = dedupe is not None and dedupe.near
+    deduplicator = dedup.Deduplicator(recipe.near_dedup_threshold) if recipe.dedup else None
+    near = deduplicator is not None and deduplicator.near
     encoders: dict[str, ConversationTokenizer] = {}
     per_set: dict[str, list[Sample]] = {spec.report_name: [] for spec in recipe.datasets}
     pending: deque[tuple[str, Future]] = deque()
@@ -188,7 +188,7 @@ def _read_check_tokenize(recipe, tokenizer, paths: list[str], report: checks.Dro
         for where, sample, reason, detail, signature in future.result():
             if sample is None:
                 report.drop(where, reason, detail)
-            elif dedupe is not None and (bad := dedupe.check(sample, signature)) is not None:
+            elif deduplicator is not None and (bad := deduplicator.check(sample, signature)) is not None:
                 report.drop(sample.where, *bad)
             else:
                 per_set[name].append(sample)
