@@ -39,7 +39,7 @@ def test_signature_agreement_estimates_the_exact_jaccard(changed):
 
 def test_a_signature_does_not_depend_on_its_chunk():
     rng = np.random.default_rng(1)
-    samples = [rng.integers(0, 100, int(rng.integers(3, 300))).astype(np.int32) for _ in range(50)]
+    samples = [rng.integers(0, 100, int(rng.integers(1, 300))).astype(np.int32) for _ in range(50)]
     together = signatures(samples)
     for s, sig in zip(samples, together, strict=True):
         (alone,) = signatures([s])
