@@ -156,11 +156,14 @@ def build(recipe: Recipe, out_dir: Path, show_progress: bool = True, cache: Path
     """Everything up to a ready Trainer. Returns (trainer, tokenizer, prepared, counter, neftune)."""
     from transformers import set_seed
 
-    set_seed(recipe.seed)  # before the model loads: the added ChatML rows are drawn at random
     base = ensure_base_model(recipe, cache)
     tokenizer = load_tokenizer(base, recipe.prompt_format, recipe.special_tokens, recipe.tokens)
     prepared = prepare(recipe, tokenizer, cache_dir=cache, progress=show_progress)
     data = prepared.load()
+    # Seeded here, after everything that may or may not run depending on the cache (building the
+    # tiny base draws its weights): the added ChatML rows and all of training then get the same
+    # random numbers on a first run and on a cached one.
+    set_seed(recipe.seed)
     model, added = load_model(base, tokenizer, dtype=weight_dtype(recipe.bf16), load_in_8bit=recipe.load_in_8bit,
                               load_in_4bit=recipe.load_in_4bit, flash_attention=recipe.flash_attention)
     model.config.use_cache = False  # a KV cache would switch off packed-sample isolation (SPEC §3)
