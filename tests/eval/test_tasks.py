@@ -75,3 +75,13 @@ def test_eval_command_reports_missing_data(tmp_path, chat_model_dir):
     proc = subprocess.run([sys.executable, "-m", "openhermes.cli", "eval", str(chat_model_dir), "--suite", "agieval",
                            "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "agieval_aqua_rat" in proc.stderr
+
+
+def test_task_filter_leaves_a_suite_without_the_named_task_empty(tmp_path):
+    """`--task bigbench_causal_judgement` selects no GPT4All task, and loads none of their data (an empty
+    folder would make any load fail)."""
+    from openhermes.eval.run import EvalConfig, build_tasks
+
+    cfg = EvalConfig(("gpt4all", "agieval"), data_dir=tmp_path, only=("bigbench_causal_judgement",))
+    assert build_tasks("gpt4all", cfg) == []
+    assert build_tasks("agieval", cfg) == []

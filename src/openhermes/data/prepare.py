@@ -162,12 +162,15 @@ def _list_column(offsets: np.ndarray, values: np.ndarray, rows_per_chunk: int = 
     return pa.chunked_array(chunks, type=pa.list_(pa.int32()))
 
 
-def _encode_chunk(enc: ConversationTokenizer, convs: list, recipe, near_dedup: bool) -> list[tuple]:
+def _encode_chunk(enc: ConversationTokenizer, convs: list, recipe,
+                  deduplicator: dedup.Deduplicator | None) -> list[tuple]:
     """Worker-thread work for one chunk: tokenize, fit to sequence_len, sign for near-dedup.
     (where, sample or None, drop reason, detail, signature) per conversation, in order."""
     fitted = [fit_length(s, recipe.sequence_len, recipe.long_samples) for s in enc.encode_batch(convs)]
     kept = [sample for sample, _, _ in fitted if sample is not None]
-    sigs = iter(dedup.signatures([s.input_ids for s in kept]) if near_dedup else [None] * len(kept))
+    near = deduplicator is not None and deduplicator.near
+    sigs = iter(dedup.signatures([s.input_ids for s in kept], deduplicator.num_perm) if near
+                else [None] * len(kept))
     return [(conv.where, sample, reason, detail, None if sample is None else next(sigs))
             for conv, (sample, reason, detail) in zip(convs, fitted, strict=True)]
 
@@ -178,7 +181,6 @@ def _read_check_tokenize(recipe, tokenizer, paths: list[str], report: checks.Dro
     phrases = (recipe.refusal_phrases or checks.DEFAULT_REFUSALS) if recipe.refusal_filter else ()
     # One deduplicator for all data sets, so duplicates across them are found too.
     deduplicator = dedup.Deduplicator(recipe.near_dedup_threshold) if recipe.dedup else None
-    near = deduplicator is not None and deduplicator.near
     encoders: dict[str, ConversationTokenizer] = {}
     per_set: dict[str, list[Sample]] = {spec.report_name: [] for spec in recipe.datasets}
     pending: deque[tuple[str, Future]] = deque()
@@ -197,7 +199,7 @@ def _read_check_tokenize(recipe, tokenizer, paths: list[str], report: checks.Dro
     # reads and checks the next chunk: the Python work hides behind the tokenizer's.
     with ThreadPoolExecutor(max_workers=2) as pool:
         def submit(name: str, enc: ConversationTokenizer, chunk: list) -> None:
-            pending.append((name, pool.submit(_encode_chunk, enc, chunk, recipe, near)))
+            pending.append((name, pool.submit(_encode_chunk, enc, chunk, recipe, deduplicator)))
             # Finish chunks as they come back; a bounded queue keeps memory flat on big sets.
             while pending and (pending[0][1].done() or len(pending) > MAX_PENDING):
                 finish(*pending.popleft())

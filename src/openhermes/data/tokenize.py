@@ -123,29 +123,20 @@ class ConversationTokenizer:
         between real control tokens is encoded with special-token matching off."""
         ids: list[int] = []
         labels: list[int] = []
-        run: list[Segment] = []
-
-        def flush() -> None:
-            if not run:
-                return
-            text, starts, train, _ = self._spans(run)
-            enc = self.plain_backend.encode(text, add_special_tokens=False)
-            mask = _train_mask(enc, starts, train, len(enc.ids))
-            ids.extend(enc.ids)
-            labels.extend(np.where(mask, enc.ids, IGNORE).tolist())
-            run.clear()
-
-        for s in segs:
-            if s.kind == "text":
-                run.append(s)
+        for is_text, group in itertools.groupby(segs, key=lambda s: s.kind == "text"):
+            if is_text:
+                text, starts, train, _ = self._spans(list(group))
+                enc = self.plain_backend.encode(text, add_special_tokens=False)
+                mask = _train_mask(enc, starts, train, len(enc.ids))
+                ids.extend(enc.ids)
+                labels.extend(np.where(mask, enc.ids, IGNORE).tolist())
                 continue
-            flush()
-            token = self.eos_token if s.kind == "eos" else s.text
-            tid = self.tokenizer.convert_tokens_to_ids(token)
-            ids.append(tid)
-            labels.append(tid if s.train else IGNORE)
-        flush()
+            for s in group:
+                tid = self.tokenizer.convert_tokens_to_ids(self.eos_token if s.kind == "eos" else s.text)
+                ids.append(tid)
+                labels.append(tid if s.train else IGNORE)
         return ids, labels
+
 
 def _train_mask(enc, starts: list[int], train: list[bool], n_tokens: int, lead: int = 0) -> np.ndarray:
     """Per-token "trained?" from the character offsets: a token belongs to the run of segments holding

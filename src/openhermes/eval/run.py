@@ -60,7 +60,7 @@ def build_tasks(suite: str, cfg: EvalConfig) -> list[Task]:
         names = [n for n in agieval.TASKS if _wanted(f"agieval_{n}", cfg.only)]
         return agieval.tasks(cfg.data_dir, cfg.limit, names)
     if suite == "truthfulqa":
-        return truthfulqa.tasks(cfg.data_dir, cfg.limit)
+        return [t for t in truthfulqa.tasks(cfg.data_dir, cfg.limit) if _wanted(t.name, cfg.only)]
     if suite == "bigbench":
         root = cfg.bigbench_dir or (cfg.data_dir / "bigbench" if cfg.data_dir else None)
         if root is None:
@@ -73,10 +73,6 @@ def build_tasks(suite: str, cfg: EvalConfig) -> list[Task]:
 def _wanted(name: str, only: tuple[str, ...]) -> bool:
     short = name.split("_", 1)[-1] if name.startswith(("bigbench_", "agieval_")) else name
     return not only or name in only or short in only
-
-
-def selected(tasks: list[Task], cfg: EvalConfig) -> list[Task]:
-    return [t for t in tasks if _wanted(t.name, cfg.only)]
 
 
 def run_humaneval(engine, cfg: EvalConfig) -> TaskResult:
@@ -101,7 +97,7 @@ def evaluate(model, tokenizer, cfg: EvalConfig, out: Path | None = None, echo=pr
         if suite == "humaneval":
             results = [run_humaneval(engine, cfg)]
         else:
-            tasks = selected(build_tasks(suite, cfg), cfg)
+            tasks = build_tasks(suite, cfg)
             if not tasks:
                 raise ValueError(f"--task {', '.join(cfg.only)}: no task of the {suite} suite")
             if cfg.chat_template:

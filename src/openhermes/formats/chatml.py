@@ -46,13 +46,12 @@ def segments(
     for m in conv.messages:
         train = train_on_inputs or m.role in train_roles
         header = _header(m.role, train_on_inputs)
+        out += (start, header)
         if m.content:
-            out += (start, header, Segment(m.content, train), _END[train], newline)
-        else:
-            out += (start, header, _END[train], newline)
+            out.append(Segment(m.content, train))
+        out += (_END[train], newline)
     if add_generation_prompt:
-        out.append(Segment(IM_START, False, "control"))
-        out.append(Segment("assistant\n", False))
+        out += (_START[False], _header("assistant", False))
     return out
 
 

@@ -10,6 +10,7 @@ that share a prefix with the previous one reuse its KV cache.
 from __future__ import annotations
 
 import atexit
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -73,16 +74,12 @@ class LlamaCppEngine(BaseEngine):
         kwargs = {"length": length} if length is not None else {}
         segs = get_format(fmt).segments(conv, add_generation_prompt=True, **kwargs)
         ids = [self.bos_id] if self.add_bos else []
-        run: list[str] = []
-        for s in [*segs, None]:
-            if s is not None and s.kind == "text":
-                run.append(s.text)
-                continue
-            if run:  # text between control tokens: special-token spellings stay plain text
-                ids += self.llm.tokenize("".join(run).encode("utf-8"), add_bos=False, special=False)
-                run = []
-            if s is not None:
-                ids.append(self.llm.token_eos() if s.kind == "eos" else self._controls[s.text])
+        for is_text, group in itertools.groupby(segs, key=lambda s: s.kind == "text"):
+            if is_text:  # text between control tokens: special-token spellings stay plain text
+                text = "".join(s.text for s in group)
+                ids += self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+            else:
+                ids += [self.llm.token_eos() if s.kind == "eos" else self._controls[s.text] for s in group]
         return ids
 
     def _text_ids(self, text: str) -> list[int]:

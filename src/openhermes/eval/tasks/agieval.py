@@ -21,4 +21,4 @@ def questions(rows) -> list[Question]:
 def tasks(data_dir: Path | None = None, limit: int | None = None, names: list[str] | None = None) -> list[Task]:
     return [Task(f"agieval_{t}", 0, ("acc", "acc_norm"),
                  questions(load_rows(data_dir, f"agieval_{t}", f"dmayhem93/agieval-{t}", None, "test"))[:limit])
-            for t in names or TASKS]
+            for t in (TASKS if names is None else names)]

@@ -101,7 +101,7 @@ def exact_str_match(task: Task, engine) -> dict[str, list[float]]:
 
 def tasks(root: Path, limit: int | None = None, quirks: bool = False, names: list[str] | None = None) -> list[Task]:
     out = []
-    for name in names or list(TASKS):
+    for name in (list(TASKS) if names is None else names):
         folder = QUIRK_COPIES.get(name, TASKS[name]) if quirks else TASKS[name]
         qs = questions(load_task_json(root, folder))[:limit]
         gen = exact_str_match if name == "geometric_shapes" else None

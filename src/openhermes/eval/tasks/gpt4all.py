@@ -73,7 +73,7 @@ SOURCES = {  # task: (hub id, config, split, builder, version, metrics)
 
 def tasks(data_dir: Path | None = None, limit: int | None = None, names: list[str] | None = None) -> list[Task]:
     out = []
-    for name in names or TASKS:
+    for name in (TASKS if names is None else names):
         hub, config, split, build, version, mets = SOURCES[name]
         questions = build(load_rows(data_dir, name, hub, config, split))
         out.append(Task(name, version, mets, questions[:limit]))
