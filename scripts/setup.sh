@@ -22,6 +22,15 @@ if [ -n "$extra" ]; then
   # Without it the llama.cpp tests skip and say why, so a failed build does not stop the setup.
   .venv/bin/pip install -q -e ".[llamacpp]" || echo "setup: llama-cpp-python did not build; llama.cpp tests will skip" >&2
 fi
+if ! command -v bwrap >/dev/null 2>&1; then
+  # HumanEval runs model-written code inside bubblewrap (OS namespaces); without it eval refuses
+  # that code unless told --unsafe-no-sandbox
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -q bubblewrap >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; }
+  else
+    echo "setup: bubblewrap is missing, so HumanEval will refuse to run model code (sudo apt-get install bubblewrap)" >&2
+  fi
+fi
 if [ -n "$extra" ] && [ ! -x /usr/bin/chromium ]; then
   # the web page's browser test drives Debian's chromium (no browser download from Playwright)
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -15,6 +15,8 @@ app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 
 SET_HELP = "Override a recipe key: --set key=value (repeatable; values are YAML)."
+OVERWRITE_HELP = ("Write into an output that openhermes did not create. Only openhermes's own files are "
+                  "replaced there; every other file is kept.")
 
 
 def _fail(msg: str) -> None:
@@ -38,6 +40,7 @@ def data_prepare(
     recipe: str = typer.Argument("tiny", help="Recipe file or shipped recipe name."),
     out: Path | None = typer.Option(None, "--out", help="Folder for the prepared set (default: the cache)."),
     strict: bool = typer.Option(False, help="Fail if any row would be dropped."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP),
 ) -> None:
     """Read, check, tokenize and pack a recipe's data sets into a cached Arrow folder."""
@@ -45,13 +48,14 @@ def data_prepare(
     from openhermes.data.inspect import inspect
     from openhermes.data.prepare import prepare
     from openhermes.model.load import ModelLoadError, load_tokenizer
+    from openhermes.outputs import OutputError
     from openhermes.train.run import ensure_base_model
 
     r = _recipe(recipe, set_)
     try:
         tok = load_tokenizer(ensure_base_model(r), r.prompt_format, r.special_tokens, r.tokens)
-        prep = prepare(r, tok, out_dir=out, strict=strict)
-    except (StrictError, ModelLoadError, ValueError, FileNotFoundError) as e:
+        prep = prepare(r, tok, out_dir=out, strict=strict, overwrite=overwrite)
+    except (StrictError, ModelLoadError, ValueError, FileNotFoundError, OutputError) as e:
         _fail(str(e))
     console.print(f"{'cache hit' if prep.cache_hit else 'prepared'}: {prep.path}")
     inspect(prep.path, console=Console())
@@ -81,25 +85,31 @@ def train(
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in the output folder."),
     nproc: int = typer.Option(1, min=1, help="Processes (data parallel / FSDP via torchrun)."),
     report: bool = typer.Option(True, help="For the tiny default: compare trained and untrained on held-out items."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP),
 ) -> None:
     """Fine-tune a base model from a recipe (full or LoRA); with no recipe, the embedded default."""
     import os
 
     from openhermes.model.load import ModelLoadError
+    from openhermes.outputs import OutputError
 
     r = _recipe(recipe, set_)
     out_dir = out or Path(r.output_dir)
     if nproc > 1:
         from openhermes.train.launch import launch
 
-        raise typer.Exit(launch(r, recipe, out_dir, list(set_ or []), nproc, resume))
+        try:
+            code = launch(r, recipe, out_dir, list(set_ or []), nproc, resume, overwrite=overwrite)
+        except (ModelLoadError, ValueError, OutputError) as e:
+            _fail(str(e))
+        raise typer.Exit(code)
     from openhermes.train.run import train as run_train
 
     warnings.filterwarnings("ignore", message=".*mean_resizing.*")
     try:
-        result = run_train(r, out_dir, resume=resume)
-    except (ModelLoadError, ValueError) as e:
+        result = run_train(r, out_dir, resume=resume, overwrite=overwrite)
+    except (ModelLoadError, ValueError, OutputError) as e:
         _fail(str(e))
     if int(os.environ.get("RANK", "0")) != 0:
         return
@@ -134,13 +144,15 @@ def _demo_report(recipe, result) -> None:
 @app.command()
 def merge(adapter: Path = typer.Argument(..., help="A peft adapter folder from `openhermes train`."),
           out: Path = typer.Option(..., "--out", help="Folder for the merged full model."),
-          base: str | None = typer.Option(None, help="Base model (default: the one named in the adapter).")) -> None:
+          base: str | None = typer.Option(None, help="Base model (default: the one named in the adapter)."),
+          overwrite: bool = typer.Option(False, help=OVERWRITE_HELP)) -> None:
     """Fold a LoRA adapter into full weights (safetensors) that plain transformers loads."""
     from openhermes.export.merge import merge_adapter
+    from openhermes.outputs import OutputError
 
     try:
-        console.print(f"merged: {merge_adapter(adapter, out, base)}")
-    except (FileNotFoundError, OSError) as e:
+        console.print(f"merged: {merge_adapter(adapter, out, base, overwrite=overwrite)}")
+    except (FileNotFoundError, OSError, OutputError) as e:
         _fail(str(e))
 
 
@@ -286,15 +298,17 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
 def export(model: Path = typer.Argument(..., help="A model folder (full fine-tune, or merged with `openhermes merge`)."),
            to: str = typer.Option("gguf", "--to", help="Output format (gguf)."),
            type_: str = typer.Option("f16", "--type", help="f16, q8_0 or q4_0."),
-           out: Path = typer.Option(..., "--out", help="The .gguf file to write.")) -> None:
+           out: Path = typer.Option(..., "--out", help="The .gguf file to write."),
+           overwrite: bool = typer.Option(False, help="Replace an existing file that openhermes did not write.")) -> None:
     """Write a GGUF file that llama.cpp and LM Studio run (architecture llama, ChatML template inside)."""
     from openhermes.export.gguf import ExportError, export_gguf
+    from openhermes.outputs import OutputError
 
     if to != "gguf":
         _fail(f"--to {to!r}: only gguf is supported")
     try:
-        path = export_gguf(model, out, type_)
-    except (ExportError, OSError) as e:
+        path = export_gguf(model, out, type_, overwrite=overwrite)
+    except (ExportError, OSError, OutputError) as e:
         _fail(str(e))
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
@@ -319,21 +333,28 @@ def eval_(model: str | None = typer.Argument(None, help=MODEL_HELP),
           humaneval_mode: str = typer.Option("completion", help="completion (base models) or chat (ChatML)."),
           samples: int = typer.Option(1, help="HumanEval samples per problem (pass@k for k <= samples)."),
           temperature: float = typer.Option(0.0, help="HumanEval sampling temperature (0 = greedy)."),
-          device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available).")) -> None:
+          device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+          overwrite: bool = typer.Option(False, help="Replace an --output file that openhermes did not write."),
+          unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help="Run HumanEval's model-written "
+                                                 "code even where no OS sandbox (bubblewrap or user namespaces) "
+                                                 "is available: the code then runs with only Python-level guards.")
+          ) -> None:
     """Run the card's benchmark suites and print its tables (lm-evaluation-harness v0.3 method, SPEC §7)."""
     from openhermes.eval.run import EvalConfig, evaluate, expand
+    from openhermes.eval.sandbox import SandboxUnavailable
+    from openhermes.outputs import OutputError
 
     try:
         cfg = EvalConfig(expand(suite), data_dir, bigbench_dir, add_bos, chat_template, quirks, limit, batch_size,
-                         humaneval_mode, samples, temperature, tuple(task or ()))
+                         humaneval_mode, samples, temperature, tuple(task or ()), allow_unsandboxed=unsafe_no_sandbox)
     except ValueError as e:
         _fail(str(e))
     if humaneval_mode not in ("completion", "chat"):
         _fail(f"--humaneval-mode {humaneval_mode!r}: choose completion or chat")
     runner = _engine(model, adapter, device)
     try:
-        evaluate(runner.model, runner.tokenizer, cfg, output, echo=print)
-    except (FileNotFoundError, ValueError) as e:
+        evaluate(runner.model, runner.tokenizer, cfg, output, echo=print, overwrite=overwrite)
+    except (FileNotFoundError, ValueError, OutputError, SandboxUnavailable) as e:
         _fail(str(e))
 
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # inside the package, so a wheel has them
 
 # Keys an axolotl YAML for these recipes carries that change nothing here (logging services,
 # attention back-ends we choose ourselves, hub pushes). Accepted with a warning so the YAML loads.
@@ -127,6 +127,8 @@ class Recipe(BaseModel):
         valid = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
         out = {}
         for key, value in data.items():
+            if not isinstance(key, str):
+                raise ValueError(f"recipe keys are names, not {type(key).__name__} ({key!r})")
             if key in valid:
                 out[key] = value
             elif key in IGNORED_AXOLOTL_KEYS:
@@ -157,8 +159,10 @@ class RecipeError(ValueError):
 
 def resolve_recipe_path(name_or_path: str | Path) -> Path:
     """A path, or the name of a shipped recipe ("tiny", "limarp-mistral-7b")."""
+    if "\0" in str(name_or_path):
+        raise RecipeError(f"recipe {str(name_or_path)!r}: a path cannot contain a NUL character")
     p = Path(name_or_path)
-    if p.exists():
+    if p.is_file():
         return p
     shipped = RECIPES_DIR / f"{name_or_path}.yaml"
     if shipped.exists():
@@ -171,26 +175,40 @@ def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise RecipeError(f"override {item!r} must look like key=value")
     key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw else None
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw else None
+    except (yaml.YAMLError, RecursionError) as e:
+        raise RecipeError(f"--set {item!r}: the value is not valid YAML: {e}") from None
 
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     path = resolve_recipe_path(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, RecursionError) as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not UTF-8 text") from None
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read it ({e.strerror})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of keys to values, not a {type(data).__name__}")
     for item in overrides:
         key, value = parse_override(item)
         data[key] = value
     # Relative dataset paths are relative to the recipe file.
-    for d in data.get("datasets") or []:
-        if isinstance(d, dict) and isinstance(d.get("path"), str):
+    datasets = data.get("datasets")
+    for d in datasets if isinstance(datasets, list) else []:
+        if isinstance(d, dict) and isinstance(d.get("path"), str) and "\0" not in d["path"]:
             local = path.parent / d["path"]
             if not Path(d["path"]).is_absolute() and local.exists():
                 d["path"] = str(local)
     try:
         return Recipe.model_validate(data)
+    except RecursionError:
+        raise RecipeError(f"{path}: the recipe is nested too deeply") from None
     except ValidationError as e:
         msgs = []
         for err in e.errors():

@@ -1,16 +1,17 @@
 """The data pipeline: read -> check -> mix -> tokenize -> fit -> split -> pack, cached by content.
 
 The prepared set is a `datasets` Arrow folder (train and, with val_set_size, validation) plus
-report.json. Its cache key hashes the input files' bytes, the tokenizer, the formats and every
-masking and packing setting, so any change prepares again (axolotl 1265, 341, 462)."""
+report.json. Its cache key hashes the input files' bytes, the tokenizer, the formats, every
+masking and packing setting and the source code of every module that shapes the rows, so any
+change prepares again (axolotl 1265, 341, 462) without anyone bumping a version by hand."""
 
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 import random
-import shutil
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -21,11 +22,16 @@ import numpy as np
 import xxhash
 from tqdm.auto import tqdm
 
+from openhermes import outputs
 from openhermes.data import checks, dedup, demo, pack
 from openhermes.data.readers import read_records
 from openhermes.data.tokenize import ConversationTokenizer, Sample, fit_length
 
-PIPELINE_VERSION = "2"  # bump when the pipeline's output changes for the same inputs
+# The modules whose code decides what a prepared row holds: their source is part of the cache key.
+ROW_SHAPING_PACKAGES = ("openhermes.formats",)
+ROW_SHAPING_MODULES = ("openhermes.data.readers", "openhermes.data.checks", "openhermes.data.tokenize",
+                       "openhermes.data.dedup", "openhermes.data.pack", "openhermes.data.prepare",
+                       "openhermes.data.demo")
 DEFAULT_CACHE = Path(os.environ.get("OPENHERMES_CACHE", Path.home() / ".cache" / "openhermes"))
 BATCH = 1000
 MAX_PENDING = 8  # chunks in flight
@@ -85,12 +91,32 @@ PREP_SETTINGS = (
 )
 
 
+def _module_files(name: str) -> list[Path]:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise ImportError(f"cannot find the source of {name}")
+    if spec.submodule_search_locations:  # a package: every .py file in it
+        return sorted(f for d in spec.submodule_search_locations for f in Path(d).rglob("*.py"))
+    return [Path(spec.origin)]
+
+
+def source_fingerprint(packages: tuple[str, ...] = ROW_SHAPING_PACKAGES,
+                       modules: tuple[str, ...] = ROW_SHAPING_MODULES) -> str:
+    """A hash of the code that shapes the rows (read from the files, so an edit always counts)."""
+    h = xxhash.xxh3_128()
+    for name in (*packages, *modules):
+        for f in _module_files(name):
+            h.update(f"{name}:{f.name}:".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def cache_key(recipe, tokenizer, paths: list[str]) -> str:
     settings = {k: getattr(recipe, k) for k in PREP_SETTINGS}
     settings["datasets"] = [d.model_dump() | {"content": content_hash(p)}
                             for d, p in zip(recipe.datasets, paths, strict=True)]
     settings["tokenizer"] = tokenizer_fingerprint(tokenizer)
-    settings["pipeline"] = PIPELINE_VERSION
+    settings["code"] = source_fingerprint()
     return xxhash.xxh3_128(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -248,19 +274,18 @@ def _stats(key: str, recipe, report: checks.DropReport, samples: list[Sample], t
     }
 
 
-def _write(out: Path, parts: dict, stats: dict, tokenizer, key: str) -> None:
-    """Write next to `out`, then rename into place: a reader never sees half a prepared set."""
+def _write(out: Path, parts: dict, stats: dict, tokenizer, key: str, overwrite: bool) -> None:
+    """Write next to `out`, then move into place: a reader never sees half a prepared set, and only
+    files openhermes wrote are ever replaced (outputs.py)."""
     import datasets
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    datasets.DatasetDict(parts).save_to_disk(str(tmp))
-    (tmp / "report.json").write_text(json.dumps(stats, indent=1))
-    tokenizer.save_pretrained(str(tmp / "tokenizer"))  # so `data inspect` can decode the rows
-    (tmp / "key.txt").write_text(key)
-    shutil.rmtree(out, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.replace(out)
+    def fill(tmp: Path) -> None:
+        datasets.DatasetDict(parts).save_to_disk(str(tmp))
+        (tmp / "report.json").write_text(json.dumps(stats, indent=1))
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))  # so `data inspect` can decode the rows
+        (tmp / "key.txt").write_text(key)
+
+    outputs.write_folder(out, "prepared-data", fill, overwrite=overwrite)
 
 
 @contextmanager
@@ -276,15 +301,24 @@ def _gc_paused():
             gc.enable()
 
 
+def prepared_folder(recipe, key: str, out_dir: str | Path | None, cache_dir: Path) -> Path:
+    """`--out` is the folder itself; `dataset_prepared_path` is, as in axolotl, a parent folder
+    holding one sub-folder per cache key; without either, the cache."""
+    if out_dir is not None:
+        return Path(out_dir)
+    return Path(recipe.dataset_prepared_path or cache_dir / "prepared") / key
+
+
 def prepare(recipe, tokenizer, out_dir: str | Path | None = None, strict: bool = False,
-            cache_dir: Path = DEFAULT_CACHE, progress: bool = True) -> Prepared:
+            cache_dir: Path = DEFAULT_CACHE, progress: bool = True, overwrite: bool = False) -> Prepared:
     if not recipe.datasets:
         raise ValueError("the recipe lists no datasets")
     paths = [resolve_dataset_path(d.path, cache_dir) for d in recipe.datasets]
     key = cache_key(recipe, tokenizer, paths)
-    out = Path(out_dir or recipe.dataset_prepared_path or cache_dir / "prepared" / key)
+    out = prepared_folder(recipe, key, out_dir, cache_dir)
     if (out / "key.txt").exists() and (out / "key.txt").read_text().strip() == key:
         return Prepared(out, key, json.loads((out / "report.json").read_text()), cache_hit=True)
+    outputs.check_folder(out, "prepared-data", overwrite)  # refuse before the work, not after
 
     report = checks.DropReport()
     with _gc_paused():
@@ -308,5 +342,5 @@ def prepare(recipe, tokenizer, out_dir: str | Path | None = None, strict: bool =
     if val:
         parts["validation"] = _to_dataset(val, recipe, recipe.seed, f"{key}-validation")[0]
     stats = _stats(key, recipe, report, samples, len(train_ds), len(val), efficiency, shares)
-    _write(out, parts, stats, tokenizer, key)
+    _write(out, parts, stats, tokenizer, key, overwrite)
     return Prepared(out, key, stats, cache_hit=False)

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from openhermes import __version__, outputs
 from openhermes.eval import report
 from openhermes.eval.score import Scorer
 from openhermes.eval.tasks import agieval, bigbench, gpt4all, humaneval, truthfulqa
@@ -29,6 +30,7 @@ class EvalConfig:
     humaneval_samples: int = 1
     humaneval_temperature: float = 0.0
     only: tuple[str, ...] = ()  # task names to keep (with or without the "bigbench_"/"agieval_" prefix)
+    allow_unsandboxed: bool = False  # run HumanEval code without OS isolation (--unsafe-no-sandbox)
 
 
 def expand(suites: list[str]) -> tuple[str, ...]:
@@ -76,22 +78,27 @@ def _wanted(name: str, only: tuple[str, ...]) -> bool:
 
 
 def run_humaneval(engine, cfg: EvalConfig) -> TaskResult:
+    from openhermes.eval import sandbox
+
+    sandbox.require(cfg.allow_unsandboxed)  # refuse before generating, not after
     probs = humaneval.problems()
     if cfg.limit:
         probs = dict(list(probs.items())[: cfg.limit])
     samples = humaneval.generate(engine, probs, cfg.humaneval_mode, cfg.humaneval_samples, cfg.humaneval_temperature)
-    samples = humaneval.score(samples, probs)
+    samples = humaneval.score(samples, probs, allow_unsandboxed=cfg.allow_unsandboxed)
     ks = tuple(k for k in (1, 10, 100) if k <= cfg.humaneval_samples)
     return TaskResult("humaneval", 0, humaneval.pass_at(samples, ks), [asdict(s) for s in samples])
 
 
-def evaluate(model, tokenizer, cfg: EvalConfig, out: Path | None = None, echo=print) -> dict:
+def evaluate(model, tokenizer, cfg: EvalConfig, out: Path | None = None, echo=print, overwrite: bool = False) -> dict:
     from openhermes.infer.engine import Engine
 
+    if out is not None:  # refuse before hours of scoring, not after
+        outputs.check_file(out, is_results_file, "results file", overwrite)
     scorer = Scorer(model, tokenizer, add_bos=cfg.add_bos, batch_size=cfg.batch_size)
     engine = Engine(model, tokenizer, add_bos=cfg.add_bos)
-    summary: dict = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-                     "suites": {}}
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
+    summary: dict = {"openhermes": __version__, "config": config, "suites": {}}
     averages: dict[str, float] = {}
     for suite in cfg.suites:
         if suite == "humaneval":
@@ -111,6 +118,16 @@ def evaluate(model, tokenizer, cfg: EvalConfig, out: Path | None = None, echo=pr
     echo("\nAverages compared\n" + report.averages_compared(averages))
     summary["averages"] = averages
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(summary, indent=1, default=str) + "\n", encoding="utf-8")
+        text = json.dumps(summary, indent=1, default=str) + "\n"
+        outputs.write_file(out, lambda tmp: tmp.write_text(text, encoding="utf-8"), is_results_file,
+                           "results file", overwrite)
     return summary
+
+
+def is_results_file(path: Path) -> bool:
+    """Whether `path` is a results.json that openhermes wrote (it carries an "openhermes" key)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "openhermes" in data

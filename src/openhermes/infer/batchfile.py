@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from openhermes.infer.engine import BaseEngine
-from openhermes.infer.sampling import SamplingParams
+from openhermes.infer.sampling import Sampler, SamplingParams
 from openhermes.infer.sequence import GenerationRequest
 
 SAMPLER_KEYS = {f.name for f in fields(SamplingParams)}
@@ -56,7 +56,12 @@ def request_from_line(engine: BaseEngine, row: object, base: SamplingParams, max
     max_tokens = row.get("max_tokens", max_new_tokens)
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError('"max_tokens" must be a positive integer')
-    return GenerationRequest(prompt, base.with_(**settings), max_tokens, tuple(stop))
+    params = base.with_(**settings)
+    Sampler(params)  # builds every processor now, so a setting they refuse is this line's error
+    return GenerationRequest(prompt, params, max_tokens, tuple(stop))
+
+
+LINE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError)
 
 
 def generate_file(engine: BaseEngine, input_path: Path, output_path: Path, base: SamplingParams,
@@ -64,23 +69,36 @@ def generate_file(engine: BaseEngine, input_path: Path, output_path: Path, base:
     """Returns (lines answered, errors). Output rows follow input order."""
     requests: list[tuple[int, object, GenerationRequest]] = []
     errors: list[LineError] = []
-    with open(input_path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with open(input_path, "rb") as f:  # bytes: a line that is not UTF-8 is that line's error only
+        for n, raw in enumerate(f, 1):
             try:
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
                 row = json.loads(line)
                 requests.append((n, row.get("id", n) if isinstance(row, dict) else n,
                                  request_from_line(engine, row, base, max_new_tokens)))
-            except (json.JSONDecodeError, ValueError, TypeError) as e:
+            except UnicodeDecodeError as e:
+                errors.append(LineError(n, f"{input_path}:{n}: not UTF-8 ({e.reason})"))
+            except LINE_ERRORS as e:  # JSONDecodeError is a ValueError
                 errors.append(LineError(n, f"{input_path}:{n}: {e}"))
-    results = engine.generate([r for _, _, r in requests], progress=progress)
+    try:
+        results = engine.generate([r for _, _, r in requests], progress=progress)
+    except LINE_ERRORS:  # one request failed while decoding: run them one by one to find which
+        results = []
+        for n, _, request in requests:
+            try:
+                results.append(engine.generate([request])[0])
+            except LINE_ERRORS as e:
+                results.append(None)
+                errors.append(LineError(n, f"{input_path}:{n}: {e}"))
+    answered = [(n, rid, res) for (n, rid, _), res in zip(requests, results, strict=True) if res is not None]
     by_line = {n: {"id": rid, "text": res.text, "finish_reason": res.finish_reason,
                    "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens}
-               for (n, rid, _), res in zip(requests, results, strict=True)}
+               for n, rid, res in answered}
     by_line.update({e.line: {"line": e.line, "error": e.message} for e in errors})
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with open(output_path, "w", encoding="utf-8") as out:
         for n in sorted(by_line):
             out.write(json.dumps(by_line[n], ensure_ascii=False) + "\n")
-    return len(requests), errors
+    return len(answered), sorted(errors, key=lambda e: e.line)

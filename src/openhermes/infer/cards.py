@@ -56,30 +56,32 @@ def _from_json(data: dict, where: str) -> Card:
 def load_card(path: str | Path) -> Card:
     """A card from .json, or from a .png whose `chara` text chunk holds the base64 JSON."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise CardError(f"{path}: no such file")
     if path.suffix.lower() == ".png":
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         try:
             with Image.open(path) as img:
                 raw = img.text.get("chara") or img.text.get("ccv3")
-        except (UnidentifiedImageError, OSError) as e:
-            raise CardError(f"{path}: not a readable PNG ({e})") from None
-        if raw is None:
+        except Exception as e:  # Pillow raises many kinds (OSError, SyntaxError, zlib.error, ...) on a bad file
+            raise CardError(f"{path}: not a readable PNG ({type(e).__name__}: {e})") from None
+        if not isinstance(raw, str | bytes):
             raise CardError(f"{path}: the PNG has no 'chara' text chunk, so it carries no character card")
         try:
             text = base64.b64decode(raw, validate=False).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except (binascii.Error, ValueError):  # not base64, not ASCII, or not UTF-8 inside
             raise CardError(f"{path}: the 'chara' chunk is not base64 UTF-8 JSON") from None
     else:
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise CardError(f"{path}: not UTF-8 text") from None
+        except OSError as e:
+            raise CardError(f"{path}: cannot read it ({e.strerror})") from None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise CardError(f"{path}: invalid JSON in the card: {e}") from None
     if not isinstance(data, dict):
         raise CardError(f"{path}: the card must be a JSON object")

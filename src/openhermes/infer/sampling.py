@@ -44,6 +44,17 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # JSON gives 2 for 2.0: store floats as floats (transformers' warpers insist)
+            value = getattr(self, f.name)
+            if f.type == "float" and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+        for name in ("top_k", "repeat_last_n"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name}={value!r} must be an integer ({_RANGES[name]})")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < 2**64):
+            raise ValueError(f"seed={self.seed!r} must be an integer in [0, 2**64)")
         checks = {
             "temperature": self.temperature >= 0,
             "top_k": self.top_k >= 0,

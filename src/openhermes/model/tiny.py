@@ -11,6 +11,8 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from openhermes import outputs
+
 SPECIALS = ("<unk>", "<s>", "</s>")
 BYTE_TOKENS = tuple(f"<0x{i:02X}>" for i in range(256))
 
@@ -73,9 +75,9 @@ def build_base(out_dir: str | Path, texts: Iterable[str], vocab_size: int = 1024
     )
     torch.manual_seed(seed)
     model = MistralForCausalLM(cfg)
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.replace(out)
-    return out
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+
+    return outputs.write_folder(out, "model", fill)

@@ -14,6 +14,7 @@ import xxhash
 from transformers import PrinterCallback, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from openhermes import outputs
 from openhermes.config import Recipe
 from openhermes.data.prepare import DEFAULT_CACHE, Prepared, prepare, resolve_dataset_path
 from openhermes.data.readers import read_records
@@ -53,7 +54,8 @@ def ensure_base_model(recipe: Recipe, cache: Path = DEFAULT_CACHE) -> str:
     settings = dict(recipe.tiny)
     vocab = settings.pop("vocab_size", 1024)
     seed = settings.pop("seed", recipe.seed)
-    key = xxhash.xxh3_64(json.dumps([settings, vocab, seed, [d.path for d in recipe.datasets]],
+    code = xxhash.xxh3_64(Path(tiny.__file__).read_bytes()).hexdigest()  # a change to the builder rebuilds
+    key = xxhash.xxh3_64(json.dumps([settings, vocab, seed, [d.path for d in recipe.datasets], code],
                                     sort_keys=True).encode()).hexdigest()
     out = cache / "tiny-base" / key
     if not (out / "config.json").exists():
@@ -87,10 +89,12 @@ class OpenHermesTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self._staging = None
+        self.accelerator.wait_for_everyone()  # every rank's RNG state is in the staging folder
         if self.args.should_save:
             final = os.path.join(run_dir, name)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(os.path.join(run_dir, ".staging", name), final)
+            outputs.add_entries(Path(run_dir), [name])
             from transformers.trainer_utils import rotate_checkpoints
 
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit)
@@ -191,28 +195,46 @@ def build(recipe: Recipe, out_dir: Path, show_progress: bool = True, cache: Path
     return trainer, tokenizer, prepared, counter, neftune
 
 
-def save_final(trainer: Trainer, tokenizer, out_dir: Path, is_adapter: bool) -> Path:
+def final_folder(out_dir: Path, is_adapter: bool) -> tuple[Path, str]:
+    kind = "adapter" if is_adapter else "model"
+    return out_dir / kind, kind
+
+
+def save_final(trainer: Trainer, tokenizer, out_dir: Path, is_adapter: bool, overwrite: bool = False) -> Path:
     """The model folder a user loads: config, safetensors, tokenizer with chat template, generation config."""
-    target = out_dir / ("adapter" if is_adapter else "model")
-    tmp = out_dir / (target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    target, kind = final_folder(out_dir, is_adapter)
     model = trainer.accelerator.unwrap_model(trainer.model)
     base_cfg = model.get_base_model().config if is_adapter else model.config
     base_cfg.use_cache = True
-    if trainer.args.should_save:
+
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if not is_adapter:
             model.generation_config.save_pretrained(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+
+    if trainer.args.should_save:
+        outputs.write_folder(target, kind, fill, overwrite=overwrite)
     trainer.accelerator.wait_for_everyone()
     return target
 
 
+# What a training run writes in its folder (the marker lists them; checkpoints are added as saved).
+RUN_ENTRIES = ("log.jsonl", "tensorboard", "loss.png", "model", "adapter", "merged", "demo_report.json", ".staging")
+
+
+def claim_run_folder(out: Path, recipe: Recipe, overwrite: bool = False) -> None:
+    """Refuse a folder holding someone else's files before any work starts (outputs.py)."""
+    outputs.claim_folder(out, "run", overwrite, RUN_ENTRIES)
+    target, kind = final_folder(out, bool(recipe.adapter))
+    outputs.check_folder(target, kind, overwrite)
+
+
 def train(recipe: Recipe, out_dir: str | Path | None = None, resume: bool = False, show_progress: bool = True,
-          cache: Path = DEFAULT_CACHE) -> TrainResult:
+          cache: Path = DEFAULT_CACHE, overwrite: bool = False) -> TrainResult:
     out = Path(out_dir or recipe.output_dir)
+    if int(os.environ.get("RANK", "0")) == 0:  # several ranks: the launcher has claimed it already
+        claim_run_folder(out, recipe, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / ".staging", ignore_errors=True)  # a save cut off by a kill
     if not resume:
@@ -224,7 +246,7 @@ def train(recipe: Recipe, out_dir: str | Path | None = None, resume: bool = Fals
     output = trainer.train(resume_from_checkpoint=checkpoint)
     if neftune is not None:
         neftune.remove()
-    model_dir = save_final(trainer, tokenizer, out, bool(recipe.adapter))
+    model_dir = save_final(trainer, tokenizer, out, bool(recipe.adapter), overwrite)
     plot = plot_loss(out / "log.jsonl", out / "loss.png") if trainer.args.should_save else None
     metrics = dict(output.metrics) | {"trained_tokens": counter.trained}
     return TrainResult(out, model_dir, bool(recipe.adapter), out / "log.jsonl", plot, prepared, metrics)

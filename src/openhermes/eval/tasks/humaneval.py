@@ -51,9 +51,10 @@ class Sample:
     status: str = ""
 
 
-def score(samples: list[Sample], probs: dict[str, dict], limits: Limits = Limits(), workers: int = 2) -> list[Sample]:
+def score(samples: list[Sample], probs: dict[str, dict], limits: Limits = Limits(), workers: int = 2,
+          allow_unsandboxed: bool = False) -> list[Sample]:
     def one(s: Sample) -> Sample:
-        out = run_program(program(probs[s.task_id], s.completion), limits)
+        out = run_program(program(probs[s.task_id], s.completion), limits, allow_unsandboxed)
         s.passed, s.status = out.passed, out.status
         return s
 
