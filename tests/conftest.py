@@ -86,3 +86,10 @@ def embedded_default_run(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     (out / "stdout.txt").write_text(proc.stdout)
     return out
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tests.fuzzing import CASES
+
+    if CASES:
+        terminalreporter.write_line("fuzz cases generated: " + ", ".join(f"{k} {v}" for k, v in sorted(CASES.items())))

@@ -1,6 +1,7 @@
 """The prepared set: Arrow folder, content-keyed cache invalidated by each setting, mixing report."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,40 @@ def test_truncate_policy_keeps_and_reports(tmp_path, chatml_tokenizer):
     assert prep.report["rows"]["kept"] == 1 and len(prep.load()["train"][0]["input_ids"]) == 128
     with pytest.raises(ValueError, match="over-long"):
         prepare(_recipe(f), chatml_tokenizer, cache_dir=tmp_path / "x", progress=False)
+
+
+def _edited_copy(src, dst, old: str, new: str):
+    text = src.read_text(encoding="utf-8")
+    assert old in text
+    dst.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return dst
+
+
+def test_the_cache_key_follows_the_code(tmp_path, monkeypatch, data_file, chatml_tokenizer):
+    """No version to bump by hand: an edit to a prompt format or a data module's source re-prepares."""
+    import shutil
+
+    import openhermes.data.tokenize as tokenize_module
+    import openhermes.formats as formats
+    from openhermes.data.prepare import cache_key
+
+    recipe = _recipe(data_file)
+    before = cache_key(recipe, chatml_tokenizer, [str(data_file)])
+    assert cache_key(recipe, chatml_tokenizer, [str(data_file)]) == before
+
+    # the ChatML format's text changes (a copy of the formats package with one edited line)
+    edited = tmp_path / "formats"
+    shutil.copytree(formats.__path__[0], edited, ignore=shutil.ignore_patterns("__pycache__"))
+    _edited_copy(edited / "chatml.py", edited / "chatml.py", "<|im_start|>", "<|im_start|> ")
+    monkeypatch.setattr(formats.__spec__, "submodule_search_locations", [str(edited)])
+    after_format = cache_key(recipe, chatml_tokenizer, [str(data_file)])
+    assert after_format != before
+    monkeypatch.undo()
+
+    # the tokenizing module's source changes
+    copy = _edited_copy(Path(tokenize_module.__file__), tmp_path / "tokenize.py",
+                        "def ", "def  ")
+    monkeypatch.setattr(tokenize_module.__spec__, "origin", str(copy))
+    assert cache_key(recipe, chatml_tokenizer, [str(data_file)]) not in (before, after_format)
+    monkeypatch.undo()
+    assert cache_key(recipe, chatml_tokenizer, [str(data_file)]) == before
