@@ -215,7 +215,8 @@ def chat(model: str | None = typer.Argument(None, help=MODEL_HELP),
          persona: str = typer.Option("", help="Your own persona text (roleplay)."),
          user_name: str = typer.Option("User", help="Your name in the roleplay."),
          length: str = typer.Option("medium", help="LimaRP reply length modifier (roleplay); 'none' to omit."),
-         preset: str | None = typer.Option(None, help="Sampler preset: greedy, chatml-default, limarp "
+         preset: str | None = typer.Option(None, help="Sampler preset: greedy, chatml-default, limarp, limarp-dry, "
+                                           "creative-xtc, mirostat "
                                            "(default: chatml-default, or limarp with --roleplay)."),
          temperature: float | None = typer.Option(None, help="Override the preset's temperature."),
          seed: int | None = typer.Option(None, help="Sampling seed."),

@@ -50,7 +50,7 @@ class Batch:
         ids = torch.tensor([seq.ids], device=self.device)
         cache = DynamicCache()
         out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        seq.push(seq.sampler(ids[0], out.logits[0, -1]))
+        seq.advance(out.logits[0, -1])
         if seq.done:
             return
         mask = torch.ones_like(ids)
@@ -87,13 +87,13 @@ class Batch:
                          position_ids=self.positions[:, None], past_key_values=self.cache, use_cache=True)
         self.positions = self.positions + 1
         logits = out.logits[:, -1]
-        greedy = [s.sampler.params.greedy and not s.sampler.needs_context for s in self.rows]
+        greedy = [s.plain_greedy for s in self.rows]
         argmax = logits.argmax(-1).tolist() if any(greedy) else None
         for i, seq in enumerate(self.rows):
             if greedy[i]:
                 seq.push(argmax[i])
             else:
-                seq.push(seq.sampler(seq.ids, logits[i]))
+                seq.advance(logits[i])
         live = [i for i, s in enumerate(self.rows) if not s.done]
         if len(live) < len(self.rows):
             self._keep(live)

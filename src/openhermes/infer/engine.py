@@ -53,25 +53,57 @@ class BaseEngine:
         raise NotImplementedError
 
     # ---- prompts -------------------------------------------------------------------------------
-    def chat_prompt(self, messages: Iterable[Message | dict]) -> list[int]:
+    def chat_prompt(self, messages: Iterable[Message | dict], check: bool = True) -> list[int]:
         """ChatML prompt ids with the assistant header; message text that spells a control token
-        stays plain text."""
+        stays plain text. `check=False` leaves the context-window check to the caller (truncation)."""
         msgs = [m if isinstance(m, Message) else Message(m["role"], m["content"]) for m in messages]
         _valid_text(*(m.content for m in msgs))
-        return self._checked(self._prompt_ids(Conversation(msgs), "chatml"))
+        ids = self._prompt_ids(Conversation(msgs), "chatml")
+        return self._checked(ids) if check else ids
 
-    def roleplay_prompt(self, roleplay: Roleplay, messages: Iterable[Message], length: str | None) -> list[int]:
+    def roleplay_prompt(self, roleplay: Roleplay, messages: Iterable[Message], length: str | None,
+                        check: bool = True) -> list[int]:
         """The LimaRP card's prompt, ending in `### Response: (length = ...)\\n{char}:`."""
         conv = Conversation(list(messages), roleplay=roleplay)
         _valid_text(*(m.content for m in conv.messages), roleplay.char_name, roleplay.user_name,
                     roleplay.char_persona, roleplay.user_persona, roleplay.scenario)
-        return self._checked(self._prompt_ids(conv, "limarp", length))
+        ids = self._prompt_ids(conv, "limarp", length)
+        return self._checked(ids) if check else ids
 
-    def text_prompt(self, text: str) -> list[int]:
+    def text_prompt(self, text: str, check: bool = True) -> list[int]:
         """Raw completion text: special-token spellings in it are read as those tokens (as llama.cpp's
         /completion does), since the caller writes the whole prompt format."""
         _valid_text(text)
-        return self._checked(self._text_ids(text))
+        ids = self._text_ids(text)
+        return self._checked(ids) if check else ids
+
+    def grammar(self, response_format: dict | None):
+        """A structured-output grammar (structured.py) for one reply, or None."""
+        from openhermes.infer.structured import make_grammar
+
+        if not response_format or response_format.get("type") in (None, "text"):
+            return None
+        return make_grammar(response_format, self.grammar_tokenizer(), self.vocab_size)
+
+    def grammar_tokenizer(self):
+        raise NotImplementedError
+
+    def token_piece(self, token: int) -> tuple[str, bytes]:
+        """One token as text and as the bytes it stands for (a byte-fallback token is one byte)."""
+        raise NotImplementedError
+
+    def prompt_logprobs(self, ids: list[int], top: int) -> list:
+        """Each prompt token's log-probability given the ones before it (None for the first), with the
+        `top` most likely tokens at each position (completions' echo + logprobs)."""
+        raise NotImplementedError(f"echo with logprobs is not supported by the {type(self).__name__}")
+
+    def breaker_ids(self, breakers: tuple[str, ...]) -> frozenset[int]:
+        """DRY's sequence breakers as token ids: the last token of "a" + breaker (the breaker as it is
+        tokenized after text, as text-generation-webui takes it)."""
+        cache = self.__dict__.setdefault("_breaker_cache", {})
+        if breakers not in cache:
+            cache[breakers] = frozenset(ids[-1] for b in breakers if b and (ids := self._text_ids("a" + b)))
+        return cache[breakers]
 
     def _text_ids(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -87,8 +119,10 @@ class BaseEngine:
         self._checked(request.prompt_ids)
         if request.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        breakers = self.breaker_ids(request.params.dry_sequence_breakers) if request.params.dry_multiplier else frozenset()
         return Sequence(request, backend=self.backend, stop_ids=self.stop_ids, max_total=self.context_window,
-                        device=self.device, on_delta=on_delta, on_done=on_done, on_error=on_error)
+                        device=self.device, on_delta=on_delta, on_done=on_done, on_error=on_error,
+                        breaker_ids=breakers)
 
     def generate(self, requests: list[GenerationRequest], progress: bool = False) -> list[GenerationResult]:
         """All requests, up to max_batch_size decoding at once; results in request order."""
@@ -175,6 +209,42 @@ class Engine(BaseEngine):
 
     def new_batch(self) -> Batch:
         return Batch(self.model)
+
+    def grammar_tokenizer(self):
+        return self.tokenizer
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.tokenizer.bos_token_id
+
+    def token_piece(self, token: int) -> tuple[str, bytes]:
+        piece = self.tokenizer.convert_ids_to_tokens(token)
+        if isinstance(piece, str) and len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            raw = bytes([int(piece[3:5], 16)])
+            return raw.decode("utf-8", "replace"), raw
+        if isinstance(piece, str) and "\u2581" in piece and token not in self.tokenizer.all_special_ids:
+            text = piece.replace("\u2581", " ")  # SentencePiece's word marker (decode() would strip it)
+        else:
+            text = self.tokenizer.decode([token], skip_special_tokens=False)
+        return text, text.encode("utf-8")
+
+    @torch.inference_mode()
+    def prompt_logprobs(self, ids: list[int], top: int) -> list:
+        from openhermes.infer.sequence import TokenLogprob
+
+        logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0].float()
+        logp = torch.log_softmax(logits, -1)
+        chosen = logp[:-1].gather(1, torch.tensor(ids[1:], device=self.device)[:, None])[:, 0].tolist()
+        best = logp[:-1].topk(top, dim=-1) if top else None
+        out: list = [None]
+        for i, token in enumerate(ids[1:]):
+            pairs = tuple(zip(best.indices[i].tolist(), best.values[i].tolist(), strict=True)) if best is not None else ()
+            out.append(TokenLogprob(token, chosen[i], pairs))
+        return out
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_output_embeddings().weight.shape[0]
 
     def _prompt_ids(self, conv: Conversation, fmt: str, length: str | None = None) -> list[int]:
         enc = self._encoders.get(fmt)

@@ -60,6 +60,24 @@ class LlamaCppEngine(BaseEngine):
         self._controls = {t: i for t, i in controls.items() if i is not None}
         self.stop_ids = frozenset({self.llm.token_eos(), *self._controls.values()})
         self.n_vocab = self.llm.n_vocab()
+        self.path = path
+        self._hf_tokenizer = None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_vocab
+
+    def token_piece(self, token: int) -> tuple[str, bytes]:
+        raw = self.llm.detokenize([token], special=True)
+        return raw.decode("utf-8", "replace"), raw
+
+    def grammar_tokenizer(self):
+        """transformers' reading of the GGUF's own vocabulary, for the structured-output grammar."""
+        if self._hf_tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._hf_tokenizer = AutoTokenizer.from_pretrained(str(self.path.parent), gguf_file=self.path.name)
+        return self._hf_tokenizer
 
     def _control_id(self, text: str) -> int | None:
         ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
@@ -110,7 +128,7 @@ class OneAtATime:
         return len(self.rows)
 
     def _advance(self, seq: Sequence) -> None:
-        seq.push(seq.sampler(seq.ids, torch.from_numpy(self.engine.logits_after(seq.ids))))
+        seq.advance(torch.from_numpy(self.engine.logits_after(seq.ids)))
 
     def add(self, seq: Sequence) -> None:
         if self.rows:

@@ -1,12 +1,20 @@
 """Samplers: logits processors applied in one documented order, per request.
 
-Order (llama.cpp's, SPEC §4): penalties (repetition over a range, presence, frequency),
-top-k, tail-free (TFS), typical, top-p, min-p, temperature, then sample. Temperature 0 is
-greedy (argmax after the penalties). Filters therefore see the untempered distribution.
+Order (llama.cpp's, SPEC §4, with the steps text-generation-webui and KoboldCpp users ask for):
+ 1. logit bias (OpenAI's `logit_bias`; a ban is -inf) and, before `min_tokens`, the stop tokens banned
+ 2. penalties over the window of recent tokens (prompt included): repetition, presence, frequency
+ 3. DRY (text-generation-webui's "don't repeat yourself": a penalty growing with the length of a
+    repeated sequence that the next token would extend)
+ 4. top-k, tail-free (TFS), typical, top-p, min-p, top-a, XTC (exclude top choices)
+ 5. temperature
+ 6. Mirostat v2 (when on, it replaces step 4's truncations, as in llama.cpp and text-generation-webui)
+ 7. the grammar mask of structured output (response_format), then the draw from the request's own
+    seeded generator. Temperature 0 is greedy (argmax after steps 1-3 and the mask).
+Filters therefore see the untempered distribution.
 
 transformers' warpers are used where they compute the same thing (top-k, top-p, min-p,
-typical, temperature, repetition penalty); TFS and presence/frequency penalties are ours
-because transformers has none.
+typical, temperature, repetition penalty); TFS, presence/frequency, DRY, top-a, XTC and Mirostat
+are ours because transformers has none.
 """
 
 from __future__ import annotations
@@ -25,8 +33,9 @@ from transformers.generation import (
     TypicalLogitsWarper,
 )
 
-ORDER = ("repetition_penalty", "presence_penalty", "frequency_penalty", "top_k", "tfs", "typical_p", "top_p",
-         "min_p", "temperature")
+ORDER = ("logit_bias", "repetition_penalty", "presence_penalty", "frequency_penalty", "dry", "top_k", "tfs",
+         "typical_p", "top_p", "min_p", "top_a", "xtc", "temperature", "mirostat", "grammar")
+DRY_BREAKERS = ("\n", ":", "\"", "*")  # text-generation-webui's and SillyTavern's default sequence breakers
 
 
 @dataclass(frozen=True)
@@ -42,13 +51,25 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
+    top_a: float = 0.0  # 0 = off
+    xtc_threshold: float = 0.1
+    xtc_probability: float = 0.0  # 0 = off
+    dry_multiplier: float = 0.0  # 0 = off
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = 0  # 0 (or -1) = whole context
+    dry_sequence_breakers: tuple[str, ...] = DRY_BREAKERS
+    mirostat_mode: int = 0  # 0 = off, 2 = Mirostat v2
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias); -inf bans the token
 
     def __post_init__(self) -> None:
         for f in fields(self):  # JSON gives 2 for 2.0: store floats as floats (transformers' warpers insist)
             value = getattr(self, f.name)
             if f.type == "float" and isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, f.name, float(value))
-        for name in ("top_k", "repeat_last_n"):
+        for name in ("top_k", "repeat_last_n", "dry_allowed_length", "dry_penalty_last_n", "mirostat_mode"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name}={value!r} must be an integer ({_RANGES[name]})")
@@ -66,11 +87,32 @@ class SamplingParams:
             "repeat_last_n": self.repeat_last_n >= -1,
             "presence_penalty": -2 <= self.presence_penalty <= 2,
             "frequency_penalty": -2 <= self.frequency_penalty <= 2,
+            "top_a": 0 <= self.top_a <= 1,
+            "xtc_threshold": 0 <= self.xtc_threshold <= 1,
+            "xtc_probability": 0 <= self.xtc_probability <= 1,
+            "dry_multiplier": 0 <= self.dry_multiplier <= 100,
+            "dry_base": 1 <= self.dry_base <= 100,
+            "dry_allowed_length": 1 <= self.dry_allowed_length <= 1000,
+            "dry_penalty_last_n": self.dry_penalty_last_n >= -1,
+            "mirostat_mode": self.mirostat_mode in (0, 2),
+            "mirostat_tau": 0 <= self.mirostat_tau <= 100,
+            "mirostat_eta": 0 <= self.mirostat_eta <= 1,
         }
         for name, ok in checks.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not ok or not math.isfinite(value):
                 raise ValueError(f"{name}={value!r} is out of range ({_RANGES[name]})")
+        if not all(isinstance(b, str) for b in self.dry_sequence_breakers):
+            raise ValueError("dry_sequence_breakers must be strings")
+        object.__setattr__(self, "dry_sequence_breakers", tuple(self.dry_sequence_breakers))
+        bias = []
+        for pair in self.logit_bias:
+            tid, value = pair
+            if isinstance(tid, bool) or not isinstance(tid, int) or tid < 0 or isinstance(value, bool) \
+                    or not isinstance(value, int | float) or not (value == float("-inf") or -100 <= value <= 100):
+                raise ValueError(f"logit_bias entry {pair!r}: a token id >= 0 and a bias in [-100, 100]")
+            bias.append((tid, float(value)))
+        object.__setattr__(self, "logit_bias", tuple(bias))
 
     @property
     def greedy(self) -> bool:
@@ -92,6 +134,10 @@ _RANGES = {
     "temperature": ">= 0; 0 = greedy", "top_k": ">= 0; 0 = off", "top_p": "in (0, 1]", "min_p": "in [0, 1]",
     "typical_p": "in (0, 1]", "tfs": "> 0; >= 1 = off", "repetition_penalty": "> 0; 1 = off",
     "repeat_last_n": ">= 0; 0 = whole context", "presence_penalty": "in [-2, 2]", "frequency_penalty": "in [-2, 2]",
+    "top_a": "in [0, 1]; 0 = off", "xtc_threshold": "in [0, 1]", "xtc_probability": "in [0, 1]; 0 = off",
+    "dry_multiplier": "in [0, 100]; 0 = off", "dry_base": "in [1, 100]", "dry_allowed_length": "in [1, 1000]",
+    "dry_penalty_last_n": ">= 0; 0 = whole context", "mirostat_mode": "0 (off) or 2 (Mirostat v2)",
+    "mirostat_tau": "in [0, 100]", "mirostat_eta": "in [0, 1]",
 }
 
 PRESETS: dict[str, SamplingParams] = {
@@ -101,6 +147,13 @@ PRESETS: dict[str, SamplingParams] = {
     # The LimaRP card's recommended settings: TFS 0.92, temperature 0.70, repetition penalty 1.1
     # over 2048 tokens, top-k and top-p off.
     "limarp": SamplingParams(temperature=0.7, tfs=0.92, repetition_penalty=1.1, repeat_last_n=2048),
+    # LimaRP's settings with DRY in place of most of the repetition penalty (DRY's recommended values).
+    "limarp-dry": SamplingParams(temperature=0.7, tfs=0.92, repetition_penalty=1.05, repeat_last_n=2048,
+                                 dry_multiplier=0.8, dry_base=1.75, dry_allowed_length=2),
+    # XTC's recommended creative setting, with min-p to keep the tail clean.
+    "creative-xtc": SamplingParams(temperature=1.0, min_p=0.02, xtc_threshold=0.1, xtc_probability=0.5),
+    # Mirostat v2 at llama.cpp's default target surprise.
+    "mirostat": SamplingParams(temperature=1.0, mirostat_mode=2, mirostat_tau=5.0, mirostat_eta=0.1),
 }
 
 
@@ -147,10 +200,69 @@ def presence_frequency(window: torch.Tensor, scores: torch.Tensor, presence: flo
     return scores - presence * (counts > 0).to(scores.dtype) - frequency * counts
 
 
-class Sampler:
-    """One request's sampler: its settings, processors in ORDER, and its own seeded generator."""
+def dry_penalty(context: list[int], scores: torch.Tensor, multiplier: float, base: float, allowed_length: int,
+                breakers: frozenset[int]) -> torch.Tensor:
+    """DRY as text-generation-webui defines it: for each earlier occurrence of the last token, the
+    match is extended backwards while the tokens agree (up to 50, never across a sequence breaker);
+    the token that followed that occurrence would extend the repetition, and is penalised by
+    multiplier * base ** (match length - allowed_length) when the match is at least allowed_length."""
+    if not context or context[-1] in breakers:
+        return scores
+    last, n = context[-1], len(context)
+    lengths: dict[int, int] = {}
+    for i in range(n - 1):
+        if context[i] != last:
+            continue
+        following = context[i + 1]
+        if following in breakers:
+            continue
+        length = 1
+        while length < 50:
+            j = i - length
+            if j < 0 or context[j] != context[n - 1 - length] or context[n - 1 - length] in breakers:
+                break
+            length += 1
+        lengths[following] = max(length, lengths.get(following, 0))
+    hits = [(t, m) for t, m in lengths.items() if m >= allowed_length and t < scores.shape[-1]]
+    if hits:
+        ids = torch.tensor([t for t, _ in hits], device=scores.device)
+        penalty = torch.tensor([multiplier * base ** (m - allowed_length) for _, m in hits], device=scores.device,
+                               dtype=scores.dtype)
+        scores = scores.clone()
+        scores[ids] -= penalty
+    return scores
 
-    def __init__(self, params: SamplingParams, device: torch.device | str = "cpu", tfs_webui: bool = False):
+
+def top_a(scores: torch.Tensor, a: float) -> torch.Tensor:
+    """Top-a (text-generation-webui): drop tokens whose probability is below a * max_probability**2."""
+    probs = scores.softmax(-1)
+    limit = a * probs.max() ** 2
+    return scores.masked_fill(probs < limit, float("-inf"))
+
+
+def xtc(scores: torch.Tensor, threshold: float, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """XTC (llama.cpp): with the given probability, remove every token at or above the threshold except
+    the least likely of them, when at least two are. One draw per step from the request's generator."""
+    if probability <= 0 or threshold > 0.5:
+        return scores
+    if float(torch.rand((), generator=generator, device=generator.device)) > probability:
+        return scores
+    probs = scores.softmax(-1)
+    above = probs >= threshold
+    if int(above.sum()) < 2:
+        return scores
+    keep = torch.where(above, probs, torch.full_like(probs, 2.0)).argmin()  # least likely of the top choices
+    remove = above.clone()
+    remove[keep] = False
+    return scores.masked_fill(remove, float("-inf"))
+
+
+class Sampler:
+    """One request's sampler: its settings, processors in ORDER, and its own seeded generator.
+    `breaker_ids`: the token ids of DRY's sequence breakers (the engine's tokenizer knows them)."""
+
+    def __init__(self, params: SamplingParams, device: torch.device | str = "cpu", tfs_webui: bool = False,
+                 breaker_ids: frozenset[int] = frozenset()):
         self.params = p = params
         self.generator = torch.Generator(device=device)
         if p.seed is not None:
@@ -158,54 +270,118 @@ class Sampler:
         else:
             self.generator.seed()
         self.repetition = RepetitionPenaltyLogitsProcessor(p.repetition_penalty) if p.repetition_penalty != 1 else None
+        self.breakers = breaker_ids
+        self.mirostat = p.mirostat_mode == 2
+        self.mu = 2 * p.mirostat_tau  # Mirostat's running surprise target
         warpers: list = []
-        if p.top_k > 0:
-            warpers.append(TopKLogitsWarper(p.top_k))
-        if p.tfs < 1:
-            warpers.append(TailFreeLogitsWarper(p.tfs, webui=tfs_webui))
-        if p.typical_p < 1:
-            warpers.append(TypicalLogitsWarper(p.typical_p))
-        if p.top_p < 1:
-            warpers.append(TopPLogitsWarper(p.top_p))
-        if p.min_p > 0:
-            warpers.append(MinPLogitsWarper(p.min_p))
-        if not p.greedy and p.temperature != 1:
-            warpers.append(TemperatureLogitsWarper(p.temperature))
+        if not self.mirostat:  # Mirostat replaces the truncation samplers
+            if p.top_k > 0:
+                warpers.append(TopKLogitsWarper(p.top_k))
+            if p.tfs < 1:
+                warpers.append(TailFreeLogitsWarper(p.tfs, webui=tfs_webui))
+            if p.typical_p < 1:
+                warpers.append(TypicalLogitsWarper(p.typical_p))
+            if p.top_p < 1:
+                warpers.append(TopPLogitsWarper(p.top_p))
+            if p.min_p > 0:
+                warpers.append(MinPLogitsWarper(p.min_p))
         self.warpers = warpers
+        self.temperature = TemperatureLogitsWarper(p.temperature) if not p.greedy and p.temperature != 1 else None
 
     @property
     def needs_context(self) -> bool:
         p = self.params
-        return self.repetition is not None or p.presence_penalty != 0 or p.frequency_penalty != 0
+        return self.repetition is not None or p.presence_penalty != 0 or p.frequency_penalty != 0 \
+            or p.dry_multiplier > 0
 
-    def window(self, context: Sequence[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy on the raw logits: the argmax of the model's output is the token."""
+        return self.params.greedy and not self.needs_context and not self.params.logit_bias
+
+    def window(self, context: Sequence[int] | torch.Tensor, device: torch.device, n: int | None = None) -> torch.Tensor:
         """The penalties' recent tokens. Only this slice becomes a tensor: the context grows every step."""
-        n = self.params.repeat_last_n
+        n = self.params.repeat_last_n if n is None else n
         return torch.as_tensor(context if n <= 0 else context[-n:], dtype=torch.long, device=device)
 
-    def process(self, context: Sequence[int] | torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """All processors, in ORDER, on one row: context (T,) token ids, scores (V,) -> (V,)."""
-        scores = scores.float()[None, :]
-        if self.needs_context:
+    def _biased(self, scores: torch.Tensor, banned: Sequence[int] | None) -> torch.Tensor:
+        vocab = scores.shape[-1]
+        if self.params.logit_bias:
+            scores = scores.clone()
+            for tid, bias in self.params.logit_bias:
+                if tid < vocab:
+                    scores[tid] = float("-inf") if bias == float("-inf") else scores[tid] + bias
+        if banned:
+            scores = scores.index_fill(0, torch.tensor([b for b in banned if b < vocab], dtype=torch.long,
+                                                       device=scores.device), float("-inf"))
+        return scores
+
+    def _penalised(self, context, scores: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        if self.repetition is not None or p.presence_penalty or p.frequency_penalty:
             window = self.window(context, scores.device)
             if self.repetition is not None:
-                scores = self.repetition(window[None, :], scores)
-            p = self.params
+                scores = self.repetition(window[None, :], scores[None, :])[0]
             if p.presence_penalty or p.frequency_penalty:
-                scores = presence_frequency(window, scores[0], p.presence_penalty, p.frequency_penalty)[None, :]
+                scores = presence_frequency(window, scores, p.presence_penalty, p.frequency_penalty)
+        if p.dry_multiplier > 0:
+            n = p.dry_penalty_last_n
+            recent = context if n <= 0 else context[-n:]
+            recent = recent.tolist() if isinstance(recent, torch.Tensor) else list(recent)
+            scores = dry_penalty(recent, scores, p.dry_multiplier, p.dry_base, p.dry_allowed_length, self.breakers)
+        return scores
+
+    def process(self, context: Sequence[int] | torch.Tensor, scores: torch.Tensor, banned: Sequence[int] | None = None,
+                mask=None) -> torch.Tensor:
+        """All processors, in ORDER, on one row: context (T,) token ids, scores (V,) -> (V,).
+        `banned`: token ids removed first (the stop tokens before min_tokens); `mask`: the grammar's."""
+        scores = self._penalised(context, self._biased(scores.float(), banned))
         if self.params.greedy or _overflowed(scores):
-            return scores[0]
+            return scores if mask is None else _masked(mask, scores, scores)
+        penalised = scores
         no_ids = scores.new_zeros((1, 0), dtype=torch.long)  # the warpers here read only the scores
+        scores = scores[None, :]
         for w in self.warpers:
             scores = w(no_ids, scores)
-        return scores[0]
+        scores = scores[0]
+        if self.params.top_a > 0 and not self.mirostat:
+            scores = top_a(scores, self.params.top_a)
+        if self.params.xtc_probability > 0 and not self.mirostat:
+            scores = xtc(scores, self.params.xtc_threshold, self.params.xtc_probability, self.generator)
+        if self.temperature is not None:
+            scores = self.temperature(no_ids, scores[None, :])[0]
+            penalised = self.temperature(no_ids, penalised[None, :])[0]
+        return scores if mask is None else _masked(mask, scores, penalised)
 
-    def __call__(self, context: Sequence[int] | torch.Tensor, scores: torch.Tensor) -> int:
-        scores = self.process(context, scores)
+    def __call__(self, context: Sequence[int] | torch.Tensor, scores: torch.Tensor, banned: Sequence[int] | None = None,
+                 mask=None) -> int:
+        scores = self.process(context, scores, banned, mask)
         if self.params.greedy or _overflowed(scores):
             return int(scores.argmax())
+        if self.mirostat:
+            return self._mirostat(scores)
         probs = scores.softmax(-1)
         return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def _mirostat(self, scores: torch.Tensor) -> int:
+        """Mirostat v2 (llama.cpp): keep the tokens whose surprise -log2(p) is at most mu (at least one),
+        renormalise, draw, then move mu towards the target surprise tau by eta times the error."""
+        probs, order = scores.softmax(-1).sort(descending=True)
+        surprise = -torch.log2(probs)
+        keep = max(1, int((surprise <= self.mu).sum()))
+        kept = probs[:keep] / probs[:keep].sum()
+        idx = int(torch.multinomial(kept, 1, generator=self.generator))
+        self.mu -= self.params.mirostat_eta * (float(-torch.log2(kept[idx])) - self.params.mirostat_tau)
+        return int(order[idx])
+
+
+def _masked(mask, scores: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """The grammar's mask after the other samplers; if they left no allowed token, the mask over the
+    penalised (untruncated) scores instead, as llama.cpp resamples with the grammar applied first."""
+    out = mask(scores)
+    if torch.isinf(out).all():
+        out = mask(fallback)
+    return out
 
 
 def _overflowed(scores: torch.Tensor) -> bool:

@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
 from openhermes.infer.sampling import Sampler, SamplingParams
 
 
@@ -27,7 +29,19 @@ class GenerationRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
-    ignore_eos: bool = False  # keep going past eos / <|im_end|> (tests and benchmarks only)
+    ignore_eos: bool = False  # keep going past eos / <|im_end|>
+    min_tokens: int = 0  # the stop tokens are banned until this many tokens are generated
+    logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and the k most likely
+    skip_special_tokens: bool = True  # False: control tokens the model writes stay in the text
+    constraint: object | None = None  # a grammar (structured.py) the reply must follow
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The model's own log-probability of a generated token (before the samplers), and the top ones."""
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -37,6 +51,7 @@ class GenerationResult:
     finish_reason: str  # "stop" | "length" | "cancelled"
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None
 
 
 # on_delta(text) is called with each new piece of text; on_done(result) once at the end.
@@ -47,9 +62,12 @@ DoneCallback = Callable[[GenerationResult], None]
 class Sequence:
     def __init__(self, request: GenerationRequest, *, backend, stop_ids: frozenset[int], max_total: int,
                  device, on_delta: DeltaCallback | None = None, on_done: DoneCallback | None = None,
-                 on_error: Callable[[str], None] | None = None):
+                 on_error: Callable[[str], None] | None = None, breaker_ids: frozenset[int] = frozenset()):
         self.request = request
-        self.sampler = Sampler(request.params, device=device)
+        self.sampler = Sampler(request.params, device=device, breaker_ids=breaker_ids)
+        self.constraint = request.constraint
+        self.logprobs: list[TokenLogprob] | None = [] if request.logprobs is not None else None
+        self.banned = sorted(stop_ids)  # before min_tokens
         self.backend = backend
         self.stop_ids = frozenset() if request.ignore_eos else stop_ids
         self.stops = tuple(s for s in request.stop if s)
@@ -83,6 +101,27 @@ class Sequence:
         """Ask the engine to stop this sequence at its next step (thread-safe)."""
         self.cancelled.set()
 
+    @property
+    def plain_greedy(self) -> bool:
+        """The next token is the argmax of the raw logits (the batch can take it for many rows at once)."""
+        return (self.sampler.plain_greedy and self.constraint is None and self.logprobs is None
+                and len(self.generated) >= self.request.min_tokens)
+
+    def advance(self, logits: torch.Tensor) -> None:
+        """Choose the next token from this step's logits (V,) and take it."""
+        banned = self.banned if len(self.generated) < self.request.min_tokens else None
+        mask = self.constraint.mask if self.constraint is not None else None
+        token = self.sampler(self.ids, logits, banned, mask)
+        if self.logprobs is not None:
+            logp = torch.log_softmax(logits.float(), -1)
+            k = self.request.logprobs
+            top = logp.topk(k) if k else None
+            pairs = tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else ()
+            self.logprobs.append(TokenLogprob(token, float(logp[token]), pairs))
+        if self.constraint is not None:
+            self.constraint.accept(token)
+        self.push(token)
+
     def push(self, token: int) -> None:
         """Take one sampled token: update text, check stops and limits, report the new text."""
         if token in self.stop_ids:
@@ -104,8 +143,9 @@ class Sequence:
         if self.read_offset == len(self.ids) or self.done and not final:
             return
         window = self.ids[self.prefix_offset:]
-        before = self.backend.decode(window[: self.read_offset - self.prefix_offset], skip_special_tokens=True)
-        after = self.backend.decode(window, skip_special_tokens=True)
+        skip = self.request.skip_special_tokens
+        before = self.backend.decode(window[: self.read_offset - self.prefix_offset], skip_special_tokens=skip)
+        after = self.backend.decode(window, skip_special_tokens=skip)
         if len(after) > len(before) and (final or not after.endswith("\ufffd")):
             searched = len(self.text)
             self.text += after[len(before):]
@@ -149,4 +189,5 @@ class Sequence:
 
     def result(self) -> GenerationResult:
         return GenerationResult(self.text, list(self.generated), self.finish_reason or "length",
-                                len(self.request.prompt_ids), len(self.generated))
+                                len(self.request.prompt_ids), len(self.generated),
+                                list(self.logprobs) if self.logprobs is not None else None)

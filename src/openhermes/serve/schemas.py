@@ -1,25 +1,111 @@
-"""Request bodies of the OpenAI-compatible API, strictly typed: a wrong type or an out-of-range value
-is a 400 naming the field, an unknown field is a 400 naming it.
+"""Request bodies of the OpenAI-compatible API: a wrong type or an out-of-range value is a 400 naming
+the field; a field this server does not know is accepted and ignored (as vLLM and llama.cpp do),
+logged once per name and listed in the `x-openhermes-ignored` response header.
 
-Beyond OpenAI's fields (SPEC §5): top_k, min_p, typical_p, repetition_penalty, repeat_last_n, tfs
-(alias tfs_z), ignore_eos, `preset` (a named sampler preset the other fields refine) and, for chat,
-`roleplay` (build the LimaRP prompt from the messages instead of ChatML).
+Beyond OpenAI's fields (SPEC §5): top_k, min_p, typical_p, repetition_penalty, repeat_last_n, tfs,
+top_a, DRY (dry_*), XTC (xtc_*), Mirostat v2 (mirostat_*), min_tokens, ignore_eos,
+truncation_length, add_bos_token, skip_special_tokens, `preset` (a named sampler preset the other
+fields refine) and, for chat, `roleplay` (build the LimaRP prompt from the messages instead of
+ChatML). The spellings of text-generation-webui and llama.cpp that SillyTavern sends are honoured
+(SPELLINGS); where two spellings of one setting disagree, the first in that table wins and the log
+says so.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+import logging
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from openhermes.formats import limarp
 
+log = logging.getLogger("openhermes.serve")
 Strict = ConfigDict(strict=True, extra="forbid")
+Lenient = ConfigDict(strict=True, extra="allow")  # unknown fields: kept aside and ignored
 
 # OpenAI fields we accept in the schema but do not implement: a 400 that names them.
-UNSUPPORTED_CHAT = ("tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "logprobs",
-                    "top_logprobs", "logit_bias", "response_format", "audio", "modalities", "prediction")
-UNSUPPORTED_COMPLETION = ("logprobs", "echo", "suffix", "best_of", "logit_bias")
+UNSUPPORTED_CHAT = ("tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "audio",
+                    "modalities", "prediction", "grammar", "grammar_string")
+UNSUPPORTED_COMPLETION = ("suffix", "grammar", "grammar_string")
+
+# Each setting's spellings, first = the one that wins when they disagree: OpenAI's or ours, then
+# text-generation-webui's, then llama.cpp's (and Ollama's).
+SPELLINGS: dict[str, tuple[str, ...]] = {
+    "max_tokens": ("max_tokens", "max_new_tokens", "n_predict", "num_predict"),
+    "repetition_penalty": ("repetition_penalty", "rep_pen", "repeat_penalty"),
+    "repeat_last_n": ("repeat_last_n", "repetition_penalty_range", "rep_pen_range"),
+    "tfs": ("tfs", "tfs_z"),
+    "stop": ("stop", "stopping_strings"),
+    "seed": ("seed", "sampler_seed"),
+    "ignore_eos": ("ignore_eos", "ban_eos_token"),
+    "typical_p": ("typical_p", "typical"),
+    "mirostat_mode": ("mirostat_mode", "mirostat"),
+    "response_format": ("response_format", "json_schema"),
+}
+_warned: set[str] = set()
+
+
+def _normalise(name: str, value: Any) -> Any:
+    """One spelling's value in our field's terms."""
+    if name in ("seed", "sampler_seed") and value == -1:
+        return None  # -1 = a random seed (text-generation-webui, llama.cpp)
+    if name in ("repeat_last_n", "rep_pen_range", "repetition_penalty_range") and value == -1:
+        return 0  # -1 = the whole context (llama.cpp); ours is 0
+    if name == "json_schema":  # llama.cpp's bare schema (SillyTavern sends {} when there is none)
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else None
+        return {"type": "json_schema", "json_schema": {"name": "schema", "schema": value}} if value else None
+    return value
+
+
+def _resolve_spellings(data: dict) -> tuple[dict, list[str]]:
+    data, notes = dict(data), []
+    for field, names in SPELLINGS.items():
+        present = [(n, _normalise(n, data.pop(n))) for n in names if n in data]
+        given = [(n, v) for n, v in present if v is not None]
+        if not given:
+            if present:
+                data[field] = None
+            continue
+        winner, value = given[0]
+        others = [n for n, v in given[1:] if v != value]
+        if others:
+            notes.append(f"{winner}={value!r} used; {', '.join(f'{n}={dict(given)[n]!r}' for n in others)} ignored")
+        data[field] = value
+    return data, notes
+
+
+def _breakers(value: Any) -> Any:
+    """DRY's sequence breakers: a list, or (as SillyTavern sends them) a JSON list in a string, or
+    comma-separated text."""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = [s for s in value.split(",") if s]
+        return parsed
+    return value
+
+
+def _logit_bias(value: Any) -> Any:
+    """OpenAI's {"token id": bias} or llama.cpp's [[id, bias or false], ...] as (id, bias) pairs."""
+    if isinstance(value, dict):
+        pairs = []
+        for k, v in value.items():
+            if not (isinstance(k, str) and k.isdigit()):
+                raise ValueError(f"logit_bias keys are token ids, got {k!r}")
+            pairs.append([int(k), v])
+        value = pairs
+    if isinstance(value, list):
+        out = []
+        for item in value:
+            if not (isinstance(item, list) and len(item) == 2):
+                raise ValueError("logit_bias entries are [token id, bias]")
+            out.append((item[0], float("-inf") if item[1] is False else item[1]))
+        return out
+    return value
 
 
 class StreamOptions(BaseModel):
@@ -27,47 +113,101 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+Float = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class SamplingFields(BaseModel):
-    model_config = Strict
+    model_config = Lenient
 
     model: str | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    temperature: Annotated[Float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[Float, Field(gt=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None
-    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    typical_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    tfs: Annotated[float, Field(gt=0)] | None = None  # also read from "tfs_z" (llama.cpp's name)
-    repetition_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
+    min_p: Annotated[Float, Field(ge=0, le=1)] | None = None
+    typical_p: Annotated[Float, Field(gt=0, le=1)] | None = None
+    tfs: Annotated[Float, Field(gt=0)] | None = None
+    repetition_penalty: Annotated[Float, Field(gt=0, le=10)] | None = None
     repeat_last_n: Annotated[int, Field(ge=0)] | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    presence_penalty: Annotated[Float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[Float, Field(ge=-2, le=2)] | None = None
     seed: Annotated[int, Field(ge=0, lt=2**64)] | None = None
-    stop: str | Annotated[list[str], Field(max_length=16)] | None = None
+    top_a: Annotated[Float, Field(ge=0, le=1)] | None = None
+    xtc_threshold: Annotated[Float, Field(ge=0, le=1)] | None = None
+    xtc_probability: Annotated[Float, Field(ge=0, le=1)] | None = None
+    dry_multiplier: Annotated[Float, Field(ge=0, le=100)] | None = None
+    dry_base: Annotated[Float, Field(ge=1, le=100)] | None = None
+    dry_allowed_length: Annotated[int, Field(ge=1, le=1000)] | None = None
+    dry_penalty_last_n: Annotated[int, Field(ge=-1)] | None = None
+    dry_sequence_breakers: Annotated[list[str], Field(max_length=64)] | None = None
+    mirostat_mode: Literal[0, 2] | None = None
+    mirostat_tau: Annotated[Float, Field(ge=0, le=100)] | None = None
+    mirostat_eta: Annotated[Float, Field(ge=0, le=1)] | None = None
+    logit_bias: Annotated[list[tuple[int, float]], Field(max_length=1024)] | None = None
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    truncation_length: Annotated[int, Field(ge=1)] | None = None
+    add_bos_token: bool | None = None
+    skip_special_tokens: bool = True
+    stop: str | Annotated[list[str], Field(max_length=64)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: Annotated[int, Field(ge=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=16)] | None = None
     user: str | None = None
     ignore_eos: bool = False
     preset: str | None = None
+    response_format: dict | None = None
 
-    @model_validator(mode="before")
+    _notes: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
     @classmethod
-    def _tfs_either_name(cls, data):
-        if isinstance(data, dict) and "tfs_z" in data and "tfs" not in data:
-            data = dict(data)
-            data["tfs"] = data.pop("tfs_z")
-        return data
+    def _spellings(cls, data, handler):
+        notes: list[str] = []
+        if isinstance(data, dict):
+            data, notes = _resolve_spellings(data)
+            if "dry_sequence_breakers" in data:
+                data["dry_sequence_breakers"] = _breakers(data["dry_sequence_breakers"])
+            if "logit_bias" in data and data["logit_bias"] is not None:
+                data["logit_bias"] = _logit_bias(data["logit_bias"])
+        model = handler(data)
+        model._notes = notes
+        return model
+
+    @property
+    def ignored(self) -> list[str]:
+        """Fields this server does not know (logged once per name)."""
+        names = sorted(self.model_extra or {})
+        for name in names:
+            if name not in _warned and len(_warned) < 1000:  # bounded: clients can invent any number
+                _warned.add(name)
+                log.warning("request field %r is not used by this server; ignored (logged once)", name)
+        return names
+
+    @property
+    def notes(self) -> list[str]:
+        for note in self._notes:
+            log.warning("two spellings of one setting disagree: %s", note)
+        return self._notes
 
     def sampler_settings(self) -> dict:
         keys = ("temperature", "top_p", "top_k", "min_p", "typical_p", "tfs", "repetition_penalty", "repeat_last_n",
-                "presence_penalty", "frequency_penalty", "seed")
-        return {k: getattr(self, k) for k in keys}
+                "presence_penalty", "frequency_penalty", "seed", "top_a", "xtc_threshold", "xtc_probability",
+                "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n", "mirostat_mode",
+                "mirostat_tau", "mirostat_eta")
+        out = {k: getattr(self, k) for k in keys}
+        if self.dry_sequence_breakers is not None:
+            out["dry_sequence_breakers"] = tuple(self.dry_sequence_breakers)
+        if self.logit_bias:
+            out["logit_bias"] = tuple(self.logit_bias)
+        return out
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    def choices(self) -> int:
+        return self.n or 1
 
 
 class TextPart(BaseModel):
@@ -107,44 +247,56 @@ class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     roleplay: RoleplayFields | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     # accepted so that the error can name them (see UNSUPPORTED_CHAT)
     tools: list | None = None
     tool_choice: str | dict | None = None
     functions: list | None = None
     function_call: str | dict | None = None
     parallel_tool_calls: bool | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    logit_bias: dict | None = None
-    response_format: dict | None = None
     audio: dict | None = None
     modalities: list | None = None
     prediction: dict | None = None
+    grammar: str | None = None
+    grammar_string: str | None = None
     metadata: dict | None = None
     store: bool | None = None
 
     def unsupported(self) -> list[str]:
-        out = [name for name in UNSUPPORTED_CHAT if _is_set(name, getattr(self, name))]
-        if self.n is not None and self.n > 1:
-            out.insert(0, "n")
-        return out
+        return [name for name in UNSUPPORTED_CHAT if _is_set(name, getattr(self, name))]
+
+    def logprobs_k(self) -> int | None:
+        """None: no log-probabilities; k: each token's and the k most likely (OpenAI's chat shape)."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
-    logprobs: int | None = None
-    echo: bool | None = None
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=64)] | TokenIds \
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=64)]
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    echo: bool = False
     suffix: str | None = None
-    best_of: int | None = None
-    logit_bias: dict | None = None
+    best_of: Annotated[int, Field(ge=1)] | None = None
+    grammar: str | None = None
+    grammar_string: str | None = None
 
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt: text, or token ids (lm-evaluation-harness sends ids)."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and all(isinstance(x, int) for x in p):
+            return [list(p)]
+        return list(p)
 
     def unsupported(self) -> list[str]:
         out = [name for name in UNSUPPORTED_COMPLETION if _is_set(name, getattr(self, name))]
-        if self.n is not None and self.n > 1:
-            out.insert(0, "n")
+        if self.best_of is not None and self.best_of not in (1, self.choices()):
+            out.append("best_of")  # SillyTavern sends best_of = n, which is what we do
         return out
 
 
@@ -154,8 +306,30 @@ def _is_set(name: str, value) -> bool:
         return False
     if name == "tool_choice" and value == "none":
         return False
-    if name == "best_of" and value == 1:
-        return False
     if name == "response_format" and value.get("type") == "text":
         return False
     return True
+
+
+class TokenizeRequest(BaseModel):
+    """llama.cpp's {"content", "add_special"} or vLLM's {"prompt", "add_special_tokens"}."""
+    model_config = Lenient
+    content: str
+    add_special: bool = False
+    with_pieces: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _vllm_names(cls, data):
+        if isinstance(data, dict):
+            data = dict(data)
+            if "prompt" in data and "content" not in data:
+                data["content"] = data.pop("prompt")
+            if "add_special_tokens" in data and "add_special" not in data:
+                data["add_special"] = data.pop("add_special_tokens")
+        return data
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = Lenient
+    tokens: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=1_000_000)]

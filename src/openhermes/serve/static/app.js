@@ -2,7 +2,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const SAMPLER = ["temperature", "top_p", "top_k", "min_p", "typical_p", "tfs", "repetition_penalty", "repeat_last_n"];
+const SAMPLER = ["temperature", "top_p", "top_k", "min_p", "typical_p", "tfs", "repetition_penalty", "repeat_last_n",
+                 "top_a", "dry_multiplier", "dry_base", "dry_allowed_length", "xtc_threshold", "xtc_probability",
+                 "mirostat_mode", "mirostat_tau", "mirostat_eta"];
 let presets = {};
 let history = [];        // [{role, content}]
 let modelId = null;
