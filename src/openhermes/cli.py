@@ -165,7 +165,7 @@ def _model_or_default(model: str | None) -> str:
     recipe = _recipe("tiny", None)
     folder = Path(recipe.output_dir) / "model"
     if not (folder / "config.json").exists():
-        console.print(f"no model given and {folder} is missing: training the embedded default first (~4 min)")
+        console.print(f"no model given and {folder} is missing: training the embedded default first (~3 min)")
         run_train(recipe, recipe.output_dir)
     return str(folder)
 

@@ -141,7 +141,11 @@ def held_out(n_chat: int = 120, n_roleplay: int = 40, train_chat: int = 0, train
              seed: int = 0) -> list[HeldOutItem]:
     """Evaluation items whose conversations are not among the first `train_*` training records."""
     seen = {_fingerprint(r) for r in chat_records(train_chat, seed)}
-    seen |= {_fingerprint(r) for r in roleplay_records(train_roleplay, seed)}
+    rp_prompts = set()  # a roleplay item is its prompt: the record up to a reply, and that reply's length
+    for r in roleplay_records(train_roleplay, seed):
+        seen.add(_fingerprint(r))
+        rp_prompts |= {(_fingerprint(r | {"turns": r["turns"][:k]}), r["turns"][k]["length"])
+                       for k in range(1, len(r["turns"]), 2)}
     rng = random.Random(f"held-out-{seed}")
     items: list[HeldOutItem] = []
     while len(items) < n_chat:
@@ -158,6 +162,8 @@ def held_out(n_chat: int = 120, n_roleplay: int = 40, train_chat: int = 0, train
             continue
         length = lengths[(len(items) - n_chat) % len(lengths)]
         rec["turns"] = rec["turns"][:-1]
+        if (_fingerprint(rec), length) in rp_prompts:
+            continue
         items.append(HeldOutItem("roleplay", rec, "", length))
     return items
 

@@ -57,8 +57,12 @@ def bf16_supported() -> bool:
 
 
 def use_bf16(bf16: bool | str) -> bool:
-    """Whether to train in bf16 mixed precision: `auto` where supported; `true` falls back to fp32 with a warning."""
+    """Whether to train in bf16 mixed precision. `auto`: on a CUDA GPU that supports it, never on a CPU,
+    so CPU results do not depend on whether the CPU has bf16 instructions (AVX512-BF16, AMX);
+    `true` asks for it on a CPU too, and falls back to fp32 with a warning where unsupported."""
     if bf16 is False:
+        return False
+    if bf16 == "auto" and not torch.cuda.is_available():
         return False
     if bf16_supported():
         return True

@@ -1,0 +1,93 @@
+"""README command 1's job, `openhermes train` with no recipe, end to end from an empty cache, as a
+user's first run: restricted to AVX2 (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, as on most
+laptops) and, where the CPU has more, once unrestricted. Prints the CPU and its flags, wall time,
+steps/s, trained tokens/s and every learning figure, against the goals (3 minutes; 85% exact match,
+70% per task, 99% <|im_end|>; LimaRP lengths rising, each within 30% of its target).
+
+    python benchmarks/embedded_default.py [--runs avx2,native]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGETS = {"tiny": 4, "short": 10, "medium": 20, "long": 36}
+RESTRICTED = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def cpu() -> tuple[str, list[str]]:
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    return model, [f for f in flags if f.startswith(("avx", "amx")) or f in ("fma",)]
+
+
+def run(label: str, env_extra: dict[str, str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        env = os.environ | env_extra | {"OPENHERMES_CACHE": str(Path(tmp) / "cache")}
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "openhermes.cli", "train", "--out", str(out)], env=env,
+                              capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"{label}: openhermes train failed:\n{proc.stderr[-3000:]}")
+        log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+        final = next(r for r in reversed(log) if "train_runtime" in r)
+        report = json.loads((out / "demo_report.json").read_text())["trained"]
+        return {"label": label, "wall_s": wall, "train_s": final["train_runtime"], "steps": final["step"],
+                "steps_per_s": final["step"] / final["train_runtime"],
+                "trained_tokens_per_s": final["trained_tokens"] / final["train_runtime"], "report": report}
+
+
+def show(r: dict) -> None:
+    rep = r["report"]
+    words = rep["roleplay_words"]
+    print(f"\n== {r['label']} ==")
+    print(f"wall time {r['wall_s']:.0f} s (goal <= 180 s); training {r['train_s']:.0f} s, {r['steps']} steps, "
+          f"{r['steps_per_s']:.2f} steps/s, {r['trained_tokens_per_s']:.0f} trained tokens/s")
+    print(f"exact match {rep['exact_match']:.1%} (goal >= 85%); <|im_end|> {rep['stops_with_im_end']:.1%} (goal >= 99%)")
+    print("by task: " + ", ".join(f"{k} {v:.1%}" for k, v in rep["per_kind"].items()) + " (goal >= 70% each)")
+    rising = all(words[a] < words[b] for a, b in zip(TARGETS, list(TARGETS)[1:]) if a in words and b in words)
+    within = all(abs(words[k] / t - 1) <= 0.3 for k, t in TARGETS.items() if k in words)
+    print("LimaRP words: " + ", ".join(f"{k} {words.get(k, 0):.1f} (target {t})" for k, t in TARGETS.items())
+          + f"; rising {rising}, all within 30% {within}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default="avx2,native", help="avx2 and/or native (comma-separated)")
+    args = ap.parse_args()
+    model, flags = cpu()
+    print(f"CPU: {model}; {os.cpu_count()} cores; vector flags: {' '.join(flags)}")
+    import torch
+
+    print(f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{torch.get_num_threads()} threads")
+    results = []
+    for name in args.runs.split(","):
+        if name == "avx2":
+            results.append(run("restricted to AVX2 (fp32)", RESTRICTED))
+        elif name == "native":
+            if not any(f.startswith("avx512") for f in flags):
+                print("\n(native run skipped: this CPU has no AVX-512, so it is the AVX2 run)")
+                continue
+            results.append(run("unrestricted (fp32)", {}))
+        else:
+            raise SystemExit(f"unknown run {name!r}")
+    for r in results:
+        show(r)
+    if len(results) == 2:
+        a, b = (x["report"] for x in results)
+        print(f"\nexact match differs by {abs(a['exact_match'] - b['exact_match']) * 100:.1f} points between the two")
+
+
+if __name__ == "__main__":
+    main()
