@@ -10,6 +10,7 @@ steps/s, trained tokens/s and every learning figure, against the goals (3 minute
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -55,7 +56,7 @@ def show(r: dict) -> None:
           f"{r['steps_per_s']:.2f} steps/s, {r['trained_tokens_per_s']:.0f} trained tokens/s")
     print(f"exact match {rep['exact_match']:.1%} (goal >= 85%); <|im_end|> {rep['stops_with_im_end']:.1%} (goal >= 99%)")
     print("by task: " + ", ".join(f"{k} {v:.1%}" for k, v in rep["per_kind"].items()) + " (goal >= 70% each)")
-    rising = all(words[a] < words[b] for a, b in zip(TARGETS, list(TARGETS)[1:]) if a in words and b in words)
+    rising = all(words[a] < words[b] for a, b in itertools.pairwise(TARGETS) if a in words and b in words)
     within = all(abs(words[k] / t - 1) <= 0.3 for k, t in TARGETS.items() if k in words)
     print("LimaRP words: " + ", ".join(f"{k} {words.get(k, 0):.1f} (target {t})" for k, t in TARGETS.items())
           + f"; rising {rising}, all within 30% {within}")
