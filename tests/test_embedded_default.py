@@ -17,3 +17,5 @@ def test_embedded_default_learns(embedded_default_run):
     words = trained["roleplay_words"]
     lengths = [words[k] for k in ("tiny", "short", "medium", "long")]
     assert lengths == sorted(lengths) and len(set(lengths)) == 4  # reply length follows the modifier
+    for got, target in zip(lengths, (4, 10, 20, 36), strict=True):  # each within 30% of its target
+        assert abs(got / target - 1) <= 0.3, (lengths, "targets 4 / 10 / 20 / 36")
