@@ -18,7 +18,9 @@ from openhermes.config import Recipe, RecipeError, load_recipe
 from openhermes.infer.cards import Card, CardError, load_card
 from tests.fuzzing import CASES
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+# derandomized: CI sees the same cases every run (raise max_examples locally to search further)
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+                derandomize=True)
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
 documents = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
