@@ -96,6 +96,7 @@ def _world_executable(path: str) -> bool:
     return all(os.stat(p).st_mode & 0o001 for p in parts) and bool(os.stat(path).st_mode & 0o001)
 
 
+@functools.cache
 def interpreter() -> tuple[str, bool]:
     """(python to run programs with, whether to drop to nobody). The real interpreter, not a venv's
     link to it (the sandbox sees no venv). As root, one that nobody can run (ours may live under
@@ -176,20 +177,21 @@ def isolation_problem(drop: bool) -> str | None:
     return None
 
 
-def require(allow_unsandboxed: bool = False) -> None:
-    """Raise SandboxUnavailable where untrusted code would run without OS isolation (unless allowed)."""
+def require(allow_unsandboxed: bool = False) -> bool:
+    """Whether OS isolation is available; raise SandboxUnavailable where untrusted code would run
+    without it (unless allowed)."""
     problem = isolation_problem(interpreter()[1])
     if problem is not None and not allow_unsandboxed:
         raise SandboxUnavailable(f"refusing to run model-written code without a sandbox: {problem}. "
                                  f"To run it anyway, unsafely, pass --unsafe-no-sandbox.")
+    return problem is None
 
 
 def run_program(program: str, limits: Limits = Limits(), allow_unsandboxed: bool = False) -> Outcome:
     """Run `program` (Python source); it passes if it exits 0. Raises SandboxUnavailable where no
     OS isolation exists, unless `allow_unsandboxed`."""
-    require(allow_unsandboxed)
+    isolated = require(allow_unsandboxed)
     python, drop = interpreter()
-    isolated = isolation_problem(drop) is None
     with tempfile.TemporaryDirectory(prefix="openhermes-sandbox-") as workdir:
         os.chmod(workdir, 0o700)
         path = Path(workdir) / "program.py"

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from openhermes import outputs
+from openhermes.model.load import is_byte_token
 
 SUPPORTED = ("MistralForCausalLM", "LlamaForCausalLM")
 TYPES = ("f16", "q8_0", "q4_0")
@@ -59,7 +60,7 @@ def vocab_entries(folder: Path) -> tuple[list[bytes], list[float], list[int]]:
     types = [int(gguf.TokenType.UNUSED)] * size
     for text, i in vocab.items():
         tokens[i] = text.encode("utf-8")
-        types[i] = int(gguf.TokenType.BYTE if _is_byte(text) else gguf.TokenType.NORMAL)
+        types[i] = int(gguf.TokenType.BYTE if is_byte_token(text) else gguf.TokenType.NORMAL)
     for rank, merge in enumerate(model.get("merges", [])):
         left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
         i = vocab.get(left + right)
@@ -74,10 +75,6 @@ def vocab_entries(folder: Path) -> tuple[list[bytes], list[float], list[int]]:
     if missing:
         raise ExportError(f"{folder}: token ids {missing[:5]} have no token in tokenizer.json")
     return tokens, scores, types
-
-
-def _is_byte(text: str) -> bool:
-    return len(text) == 6 and text.startswith("<0x") and text.endswith(">")
 
 
 MARK_KEY = "openhermes.version"  # our own key in the file: how a later export knows the file is ours

@@ -18,6 +18,7 @@ from openhermes.formats import Conversation, Message, chatml
 from openhermes.formats.base import Roleplay
 from openhermes.infer.batch import Batch
 from openhermes.infer.sequence import ContextWindowError, GenerationRequest, GenerationResult, Sequence
+from openhermes.model.load import is_byte_token
 
 
 def _valid_text(*texts: str) -> None:
@@ -219,7 +220,7 @@ class Engine(BaseEngine):
 
     def token_piece(self, token: int) -> tuple[str, bytes]:
         piece = self.tokenizer.convert_ids_to_tokens(token)
-        if isinstance(piece, str) and len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        if isinstance(piece, str) and is_byte_token(piece):
             raw = bytes([int(piece[3:5], 16)])
             return raw.decode("utf-8", "replace"), raw
         if isinstance(piece, str) and "\u2581" in piece and token not in self.tokenizer.all_special_ids:

@@ -8,7 +8,6 @@ schema that is slow to compile. The mask is applied after the other samplers and
 
 from __future__ import annotations
 
-import json
 import threading
 
 import torch
@@ -90,13 +89,3 @@ def make_grammar(response_format: dict | None, hf_tokenizer, vocab_size: int) ->
     grammar = grammar_for(response_format)
     return Grammar(grammar, hf_tokenizer, vocab_size) if grammar is not None else None
 
-
-def parse_json_schema_text(text: str) -> dict:
-    """A schema given as text (SillyTavern's `json_schema` can be a string)."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise StructuredOutputError(f"json_schema is not valid JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise StructuredOutputError("json_schema must be a JSON object")
-    return value

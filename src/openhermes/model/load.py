@@ -49,6 +49,11 @@ def added_token_ids(tokenizer, model_vocab_size: int) -> list[int]:
     return list(range(model_vocab_size, len(tokenizer)))
 
 
+def is_byte_token(piece: str) -> bool:
+    """A byte-fallback token of a SentencePiece-style vocabulary: `<0x41>`."""
+    return len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")
+
+
 def bf16_supported() -> bool:
     """A CUDA GPU with bf16, or a CPU with bf16 matrix instructions (AVX512-BF16 / AMX)."""
     if torch.cuda.is_available():

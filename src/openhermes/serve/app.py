@@ -277,7 +277,7 @@ def create_app(engine: BaseEngine, *, api_key: str | None = None, max_batch_size
         authorize(request)
         check_model(body.model)
         unsupported(body.unsupported())
-        body.notes  # noqa: B018 -- logs the spellings that disagreed
+        body.log_spelling_notes()
         return sampling(body)
 
     def fitted(ids: list[int], body, reply: int | None, param: str) -> list[int]:
@@ -455,7 +455,7 @@ def _object(kind: str, chunk: bool) -> str:
 
 def _ignored_header(body) -> dict[str, str]:
     """The ignored field names as an ASCII header value (names are escaped as in JSON; capped)."""
-    names = [json.dumps(n)[1:-1] for n in body.ignored]
+    names = [json.dumps(n)[1:-1] for n in body.ignored_fields()]
     value = ", ".join(names)
     return {"x-openhermes-ignored": value[:4000]} if names else {}
 

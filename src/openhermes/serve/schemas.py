@@ -173,9 +173,8 @@ class SamplingFields(BaseModel):
         model._notes = notes
         return model
 
-    @property
-    def ignored(self) -> list[str]:
-        """Fields this server does not know (logged once per name)."""
+    def ignored_fields(self) -> list[str]:
+        """Fields this server does not know; each name is logged the first time it is seen."""
         names = sorted(self.model_extra or {})
         for name in names:
             if name not in _warned and len(_warned) < 1000:  # bounded: clients can invent any number
@@ -183,11 +182,10 @@ class SamplingFields(BaseModel):
                 log.warning("request field %r is not used by this server; ignored (logged once)", name)
         return names
 
-    @property
-    def notes(self) -> list[str]:
+    def log_spelling_notes(self) -> None:
+        """Log which spelling won where two spellings of one setting disagreed."""
         for note in self._notes:
             log.warning("two spellings of one setting disagree: %s", note)
-        return self._notes
 
     def sampler_settings(self) -> dict:
         keys = ("temperature", "top_p", "top_k", "min_p", "typical_p", "tfs", "repetition_penalty", "repeat_last_n",
