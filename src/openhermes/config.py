@@ -49,6 +49,34 @@ class DatasetSpec(BaseModel):
         return "sharegpt" if v == "chat_template" else v
 
 
+class LengthModifiers(BaseModel):
+    """LimaRP: how each character reply's `(length = X)` is chosen from its length (data/lengths.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    unit: Literal["words", "tokens"] = "words"  # words: the same bins whatever the tokenizer
+    # "auto": edges at the data's quantiles, medium = the middle 30%; or modifier -> smallest length
+    bins: Literal["auto"] | dict[str, int] = "auto"
+    omit: float = Field(0.0, ge=0, le=1)  # the card: leaving the modifier out lets the model choose
+    replace: bool = False  # also replace modifiers the rows already carry
+
+    @field_validator("bins")
+    @classmethod
+    def _bins_in_order(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        from openhermes.formats.limarp import LENGTHS
+
+        unknown = [k for k in v if k not in LENGTHS]
+        if unknown:
+            raise ValueError(f"unknown length modifiers {unknown}; use {', '.join(LENGTHS)}")
+        bounds = [v[k] for k in LENGTHS if k in v]
+        if not bounds or bounds[0] != 0 or any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
+            raise ValueError("bins are smallest lengths, in the order micro ... unlimited: the first 0, "
+                             "then strictly increasing")
+        return v
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -76,6 +104,11 @@ class Recipe(BaseModel):
     refusal_filter: bool = True
     refusal_phrases: list[str] | None = None
     val_set_size: float = Field(0.0, ge=0)
+    # LimaRP: modifiers from the data, and the instruction-block arrangements each row is rendered in
+    # (two = the card's "data repeated twice in slightly different formats").
+    limarp_length_modifiers: LengthModifiers | None = None
+    limarp_arrangements: list[Literal["card", "instruction_first"]] = Field(default_factory=lambda: ["card"],
+                                                                           min_length=1)
 
     # training
     learning_rate: float = Field(2e-5, gt=0)
@@ -141,6 +174,8 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
+        if len(set(self.limarp_arrangements)) != len(self.limarp_arrangements):
+            raise ValueError("limarp_arrangements names an arrangement twice (each copy must differ)")
         shares = [d.share for d in self.datasets if d.share is not None]
         if sum(shares) > 1 + 1e-9:
             raise ValueError(f"dataset shares add up to {sum(shares):.3f}, more than 1")

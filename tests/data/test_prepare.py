@@ -41,6 +41,7 @@ CHANGES = {
     "train_on_inputs": True, "roles_to_train": ["assistant", "user"], "long_samples": "truncate",
     "add_bos": False, "dedup": False, "near_dedup_threshold": 0.8, "refusal_filter": False,
     "refusal_phrases": ["nope"], "val_set_size": 0.1, "seed": 7,
+    "limarp_length_modifiers": {"unit": "tokens"}, "limarp_arrangements": ["card", "instruction_first"],
 }
 
 
@@ -51,7 +52,7 @@ def test_cache_hits_on_same_inputs_and_misses_on_each_change(tmp_path, data_file
     assert again.cache_hit and again.key == first.key
     keys = {first.key}
     for name, value in CHANGES.items():
-        r = _recipe(data_file).model_copy(update={name: value})
+        r = Recipe(**(_recipe(data_file).model_dump() | {name: value}))
         from openhermes.data.prepare import cache_key
 
         keys.add(cache_key(r, chatml_tokenizer, [str(data_file)]))

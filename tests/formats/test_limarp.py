@@ -57,3 +57,26 @@ def test_multi_turn_trains_each_reply_and_final_eos_only_at_end():
     segs = limarp.segments(conv)
     trained = [(s.text, s.kind) for s in segs if s.train]
     assert trained == [(" b", "text"), (" d", "text"), ("", "eos")]
+
+
+def test_gguf_chat_template_renders_the_card_text():
+    """The template LM Studio/llama.cpp users get: the system message holds the instruction body and the
+    messages carry the real names; the text equals our renderer's (which equals the card's, above)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    template = ImmutableSandboxedEnvironment().from_string(limarp.CHAT_TEMPLATE)
+    messages = [{"role": "system", "content": limarp.instruction_body(RP)},
+                {"role": "user", "name": "Sam", "content": "Hello there!"},
+                {"role": "assistant", "name": "Aria", "content": "I nod and smile."},
+                {"role": "user", "name": "Sam", "content": "Good."}]
+    text = template.render(messages=messages, add_generation_prompt=True, eos_token="</s>")
+    conv = Conversation([Message("user", "Hello there!"), Message("assistant", "I nod and smile."),
+                         Message("user", "Good.")], roleplay=RP)
+    assert text == limarp.render(conv, add_generation_prompt=True, length="medium")
+    assert text.endswith("### Response: (length = medium)\nAria:")
+    assert template.render(messages=messages, add_generation_prompt=True, length="long",
+                           char_name="Aria").endswith("(length = long)\nAria:")
+    closed = template.render(messages=messages[:3], eos_token="</s>")
+    assert closed == limarp.render(Conversation([Message("user", "Hello there!"), Message("assistant", "I nod and smile.")],
+                                                roleplay=RP)) + "</s>"
+    assert CARD.replace(" (length = medium)", "") + "</s>" == closed

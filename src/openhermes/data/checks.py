@@ -26,8 +26,14 @@ class DropReport:
     dropped: Counter = field(default_factory=Counter)
     # (where, reason, detail) for every dropped row, so nothing is lost silently.
     details: list[tuple[str, str, str]] = field(default_factory=list)
+    # LimaRP's extra arrangements are copies of rows, not rows: their drops are counted apart, so that
+    # rows in = kept + dropped still holds (a row's fate is its first arrangement's).
+    copies_dropped: Counter = field(default_factory=Counter)
 
-    def drop(self, where: str, reason: str, detail: str = "") -> None:
+    def drop(self, where: str, reason: str, detail: str = "", copy: bool = False) -> None:
+        if copy:
+            self.copies_dropped[reason] += 1
+            return
         self.dropped[reason] += 1
         self.details.append((where, reason, detail))
 
@@ -44,6 +50,7 @@ class DropReport:
             "kept": self.kept,
             "dropped": dict(sorted(self.dropped.items())),
             "details": [{"where": w, "reason": r, "detail": d} for w, r, d in self.details],
+            "arrangement_copies_dropped": dict(sorted(self.copies_dropped.items())),
         }
 
 

@@ -26,6 +26,27 @@ def render_row(row: dict, tokenizer, max_tokens: int = 400) -> Text:
     return text
 
 
+def modifier_table(stats: dict) -> Table:
+    """LimaRP: replies per length modifier, with its bin and the replies' mean length."""
+    lm = stats["length_modifiers"]
+    unit = lm["unit"]
+    arr = stats.get("arrangements") or {}
+    title = f"LimaRP length modifiers (reply length in {unit})"
+    if "omitted" in lm:
+        title += f"; assigned {lm['assigned']}, left out {lm['omitted']}"
+    if len(arr) > 1:
+        title += "; samples per arrangement: " + ", ".join(f"{k} {v}" for k, v in arr.items())
+    t = Table(title=title)
+    for col in ("modifier", "bin", "replies", f"mean {unit}", ""):
+        t.add_column(col, justify="right" if col not in ("modifier", "") else "left")
+    top = max((b["replies"] for b in lm["histogram"]), default=1)
+    for b in lm["histogram"]:
+        span = "-" if b["from"] is None else f"{b['from']}–{'' if b['to'] is None else b['to'] - 1}"
+        t.add_row(b["modifier"], span, str(b["replies"]), f"{b['mean_length']:.1f}",
+                  "█" * round(30 * b["replies"] / top))
+    return t
+
+
 def inspect(path: str | Path, row: int = 0, console: Console | None = None) -> dict:
     import datasets
     from transformers import AutoTokenizer
@@ -61,6 +82,8 @@ def inspect(path: str | Path, row: int = 0, console: Console | None = None) -> d
     for b in stats["length_histogram"]:
         h.add_row(f"{b['from']}–{b['to']}", str(b["count"]), "█" * round(30 * b["count"] / top))
     console.print(h)
+    if "length_modifiers" in stats:
+        console.print(modifier_table(stats))
     if len(stats["mix"]) > 1:
         m = Table(title="mix")
         for col in ("data set", "conversations", "share", "token share", "target"):

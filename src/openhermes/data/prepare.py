@@ -15,7 +15,7 @@ import random
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +23,16 @@ import xxhash
 from tqdm.auto import tqdm
 
 from openhermes import outputs
-from openhermes.data import checks, dedup, demo, pack
+from openhermes.data import checks, dedup, demo, lengths, pack
 from openhermes.data.readers import read_records
 from openhermes.data.tokenize import ConversationTokenizer, Sample, fit_length
+from openhermes.model.load import save_tokenizer
 
 # The modules whose code decides what a prepared row holds: their source is part of the cache key.
 ROW_SHAPING_PACKAGES = ("openhermes.formats",)
 ROW_SHAPING_MODULES = ("openhermes.data.readers", "openhermes.data.checks", "openhermes.data.tokenize",
                        "openhermes.data.dedup", "openhermes.data.pack", "openhermes.data.prepare",
-                       "openhermes.data.demo")
+                       "openhermes.data.demo", "openhermes.data.lengths")
 DEFAULT_CACHE = Path(os.environ.get("OPENHERMES_CACHE", Path.home() / ".cache" / "openhermes"))
 BATCH = 1000
 MAX_PENDING = 8  # chunks in flight
@@ -87,7 +88,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 PREP_SETTINGS = (
     "prompt_format", "sequence_len", "sample_packing", "pad_to_sequence_len", "train_on_inputs",
     "roles_to_train", "long_samples", "add_bos", "dedup", "near_dedup_threshold", "refusal_filter",
-    "refusal_phrases", "val_set_size", "seed",
+    "refusal_phrases", "val_set_size", "seed", "limarp_length_modifiers", "limarp_arrangements",
 )
 
 
@@ -148,7 +149,7 @@ def _mix(per_set: dict[str, list], shares: dict[str, float | None], seed: int,
             if i in keep:
                 out.append(c)
             else:
-                report.drop(c.where, "left out by the mix", f"{k} over its target share")
+                report.drop(c.where, "left out by the mix", f"{k} over its target share", copy=bool(c.variant))
     return out
 
 
@@ -197,29 +198,67 @@ def _encode_chunk(enc: ConversationTokenizer, convs: list, recipe,
     near = deduplicator is not None and deduplicator.near
     sigs = iter(dedup.signatures([s.input_ids for s in kept], deduplicator.num_perm) if near
                 else [None] * len(kept))
-    return [(conv.where, sample, reason, detail, None if sample is None else next(sigs))
+    return [(conv.where, conv.meta.get("variant", ""), sample, reason, detail,
+             None if sample is None else next(sigs))
             for conv, (sample, reason, detail) in zip(convs, fitted, strict=True)]
 
 
+def _roleplay_sets(recipe, tokenizer, paths: list[str], report: checks.DropReport, phrases, progress: bool,
+                   stats: dict) -> dict[int, list]:
+    """The LimaRP-format data sets, read and checked up front (they are small): their length
+    modifiers are assigned from the whole data's distribution, then each row is copied once per
+    arrangement. Fills stats["length_modifiers"] and stats["arrangements"]."""
+    sets: dict[int, list] = {}
+    for i, (spec, path) in enumerate(zip(recipe.datasets, paths, strict=True)):
+        if (spec.format or recipe.prompt_format) == "limarp":
+            items = read_records(path, spec.type, spec.split, spec.name, spec.data_files, label=spec.report_name)
+            bar = tqdm(items, desc=f"read+check {Path(spec.report_name).name}", unit=" rows", disable=not progress)
+            sets[i] = list(checks.check_all(bar, report, refusal_phrases=phrases))
+    if not sets:
+        return sets
+    convs = [c for convs in sets.values() for c in convs]
+    spec = recipe.limarp_length_modifiers
+    assigned = lengths.assign(convs, spec, recipe.seed, tokenizer) if spec is not None else {}
+    unit = spec.unit if spec is not None else "words"
+    stats["length_modifiers"] = assigned | {"unit": unit,
+                                            "histogram": lengths.histogram(convs, assigned.get("bins"), unit, tokenizer)}
+    stats["arrangements"] = {}
+    first, *others = recipe.limarp_arrangements
+    for i, convs in sets.items():
+        rows = []
+        for c in convs:
+            rows.append(replace(c, meta=c.meta | {"arrangement": first}))
+            rows += [replace(c, meta=c.meta | {"arrangement": a, "variant": a}) for a in others]
+        sets[i] = rows
+    return sets
+
+
 def _read_check_tokenize(recipe, tokenizer, paths: list[str], report: checks.DropReport,
-                         progress: bool) -> dict[str, list[Sample]]:
+                         progress: bool, stats: dict) -> dict[str, list[Sample]]:
     """Every data set's usable samples, by report name; every other row is recorded in `report`."""
     phrases = (recipe.refusal_phrases or checks.DEFAULT_REFUSALS) if recipe.refusal_filter else ()
-    # One deduplicator for all data sets, so duplicates across them are found too.
+    # One deduplicator for all data sets, so duplicates across them are found too; one per LimaRP
+    # arrangement, so a row's rearranged copy is not taken for a near-duplicate of the row.
+    dedups: dict[str, dedup.Deduplicator] = {}
     deduplicator = dedup.Deduplicator(recipe.near_dedup_threshold) if recipe.dedup else None
     encoders: dict[str, ConversationTokenizer] = {}
     per_set: dict[str, list[Sample]] = {spec.report_name: [] for spec in recipe.datasets}
     pending: deque[tuple[str, Future]] = deque()
+    roleplay = _roleplay_sets(recipe, tokenizer, paths, report, phrases, progress, stats)
 
     def finish(name: str, future: Future) -> None:
         # In input order, so the first of two duplicates is the one kept.
-        for where, sample, reason, detail, signature in future.result():
+        for where, variant, sample, reason, detail, signature in future.result():
             if sample is None:
-                report.drop(where, reason, detail)
-            elif deduplicator is not None and (bad := deduplicator.check(sample, signature)) is not None:
-                report.drop(sample.where, *bad)
-            else:
-                per_set[name].append(sample)
+                report.drop(where, reason, detail, copy=bool(variant))
+                continue
+            if deduplicator is not None:
+                d = deduplicator if not variant else dedups.setdefault(
+                    variant, dedup.Deduplicator(recipe.near_dedup_threshold))
+                if (bad := d.check(sample, signature)) is not None:
+                    report.drop(sample.where, *bad, copy=bool(variant))
+                    continue
+            per_set[name].append(sample)
 
     # Chunks are tokenized on worker threads (the Rust tokenizer releases the GIL) while this thread
     # reads and checks the next chunk: the Python work hides behind the tokenizer's.
@@ -230,15 +269,21 @@ def _read_check_tokenize(recipe, tokenizer, paths: list[str], report: checks.Dro
             while pending and (pending[0][1].done() or len(pending) > MAX_PENDING):
                 finish(*pending.popleft())
 
-        for spec, path in zip(recipe.datasets, paths, strict=True):
+        for i, (spec, path) in enumerate(zip(recipe.datasets, paths, strict=True)):
             fmt = spec.format or recipe.prompt_format
             enc = encoders.setdefault(fmt, ConversationTokenizer(
                 tokenizer, fmt, tuple(recipe.roles_to_train), recipe.train_on_inputs, recipe.add_bos))
-            items = read_records(path, spec.type, spec.split, spec.name, spec.data_files, label=spec.report_name)
-            bar = tqdm(items, desc=f"read+check+tokenize {Path(spec.report_name).name}", unit=" rows",
-                       disable=not progress)
+            if i in roleplay:
+                convs = tqdm(roleplay[i], desc=f"tokenize {Path(spec.report_name).name}", unit=" rows",
+                             disable=not progress)
+            else:
+                items = read_records(path, spec.type, spec.split, spec.name, spec.data_files,
+                                     label=spec.report_name)
+                bar = tqdm(items, desc=f"read+check+tokenize {Path(spec.report_name).name}", unit=" rows",
+                           disable=not progress)
+                convs = checks.check_all(bar, report, refusal_phrases=phrases)
             chunk: list = []
-            for conv in checks.check_all(bar, report, refusal_phrases=phrases):
+            for conv in convs:
                 chunk.append(conv)
                 if len(chunk) == BATCH:
                     submit(spec.report_name, enc, chunk)
@@ -282,7 +327,7 @@ def _write(out: Path, parts: dict, stats: dict, tokenizer, key: str, overwrite: 
     def fill(tmp: Path) -> None:
         datasets.DatasetDict(parts).save_to_disk(str(tmp))
         (tmp / "report.json").write_text(json.dumps(stats, indent=1))
-        tokenizer.save_pretrained(str(tmp / "tokenizer"))  # so `data inspect` can decode the rows
+        save_tokenizer(tokenizer, tmp / "tokenizer")  # so `data inspect` can decode the rows
         (tmp / "key.txt").write_text(key)
 
     outputs.write_folder(out, "prepared-data", fill, overwrite=overwrite)
@@ -321,11 +366,12 @@ def prepare(recipe, tokenizer, out_dir: str | Path | None = None, strict: bool =
     outputs.check_folder(out, "prepared-data", overwrite)  # refuse before the work, not after
 
     report = checks.DropReport()
+    roleplay_stats: dict = {}
     with _gc_paused():
-        per_set = _read_check_tokenize(recipe, tokenizer, paths, report, progress)
+        per_set = _read_check_tokenize(recipe, tokenizer, paths, report, progress, roleplay_stats)
     shares = {d.report_name: d.share for d in recipe.datasets}
     samples = _mix(per_set, shares, recipe.seed, report)
-    report.kept = len(samples)
+    report.kept = sum(1 for s in samples if not s.variant)
     assert report.balanced(), "row accounting is off: a row was lost"
     if strict and report.n_dropped:
         first = "; ".join(f"{w}: {r} {d}".strip() for w, r, d in report.details[:5])
@@ -341,6 +387,10 @@ def prepare(recipe, tokenizer, out_dir: str | Path | None = None, strict: bool =
     parts = {"train": train_ds}
     if val:
         parts["validation"] = _to_dataset(val, recipe, recipe.seed, f"{key}-validation")[0]
-    stats = _stats(key, recipe, report, samples, len(train_ds), len(val), efficiency, shares)
+    stats = _stats(key, recipe, report, samples, len(train_ds), len(val), efficiency, shares) | roleplay_stats
+    if "arrangements" in roleplay_stats:  # samples per arrangement, over the LimaRP-format sets
+        roleplay = {d.report_name for d in recipe.datasets if (d.format or recipe.prompt_format) == "limarp"}
+        first = recipe.limarp_arrangements[0]
+        stats["arrangements"] = dict(Counter(s.variant or first for s in samples if s.dataset in roleplay))
     _write(out, parts, stats, tokenizer, key, overwrite)
     return Prepared(out, key, stats, cache_hit=False)

@@ -1,6 +1,8 @@
 """Readers: ShareGPT, OpenAI messages, Alpaca and LimaRP records -> Conversation.
 
-Each reader yields a Conversation or a RowError; a bad row never stops the others."""
+Each reader yields a Conversation or a RowError; a bad row never stops the others. Rows as the data
+sets are released are read as they are: ShareGPT rows with extra fields (OpenHermes-2.5's `source`,
+`category`, `id`, ...) and per-turn `weight`; LimaRP's one-YAML-file-per-conversation folders."""
 
 from __future__ import annotations
 
@@ -67,7 +69,13 @@ def _turns(turns: Any, role_key: str, text_key: str) -> list[Message]:
         name = ROLE_NAMES.get(role.lower()) if isinstance(role, str) else None
         if name is None:
             raise BadRow("unknown role", f"turn {i} has role {role!r}")
-        out.append(Message(name, _text(t[key], f"turn {i}")))
+        weight = t.get("weight")  # OpenHermes-2.5 rows carry it (mostly null); axolotl: 0 = not trained
+        if weight is None:
+            out.append(Message(name, _text(t[key], f"turn {i}")))
+        elif isinstance(weight, int | float) and weight in (0, 1):
+            out.append(Message(name, _text(t[key], f"turn {i}"), trained=False if weight == 0 else None))
+        else:
+            raise BadRow("malformed record", f"turn {i} weight is {weight!r}; use 0 (not trained), 1 or null")
     return out
 
 
@@ -104,10 +112,13 @@ def from_alpaca(rec: dict) -> Conversation:
 
 
 def from_limarp(rec: dict) -> Conversation:
-    """A LimaRP-style record: names, personas, scenario and turns.
+    """A LimaRP record: the released YAML shape (`personas`, `names`, `scenario`, `conversation`), or a
+    flat row `{char_name, user_name, char_persona, user_persona, scenario, turns}`.
 
-    Turns are `{"from": "user"|"char" (or a name), "value": ..., "length": ...}`; "char" turns
+    Flat turns are `{"from": "user"|"char" (or a name), "value": ..., "length": ...}`; "char" turns
     are the character's (the assistant's)."""
+    if "conversation" in rec and "names" in rec:
+        return _from_limarp_release(rec)
     need = ("char_name", "user_name", "char_persona", "user_persona", "scenario", "turns")
     missing = [k for k in need if k not in rec]
     if missing:
@@ -133,12 +144,53 @@ def from_limarp(rec: dict) -> Conversation:
     return Conversation(messages, roleplay=rp)
 
 
+# LimaRP's placeholders: <FIRST> is the character the model plays, <SECOND> the user.
+CHAR, USER = "<FIRST>", "<SECOND>"
+
+
+def _from_limarp_release(rec: dict) -> Conversation:
+    """One released LimaRP YAML file. The placeholders are replaced by the real names everywhere
+    (texts, personas, scenario), as LimaRP's own preparation script did; surrounding whitespace of
+    each text is dropped (YAML block scalars end with a newline the prompt format does not want)."""
+    names, personas = rec.get("names"), rec.get("personas")
+    for key, value in (("names", names), ("personas", personas)):
+        if not isinstance(value, dict):
+            raise BadRow("malformed record", f"{key} is {type(value).__name__}, not a mapping")
+        missing = [p for p in (CHAR, USER) if p not in value]
+        if missing:
+            raise BadRow("malformed record", f"{key} lacks {', '.join(missing)}")
+    char, user = _text(names[CHAR], "names[<FIRST>]").strip(), _text(names[USER], "names[<SECOND>]").strip()
+
+    def fill(value: Any, what: str) -> str:
+        return _text(value, what).replace(CHAR, char).replace(USER, user).strip()
+
+    rp = Roleplay(char, user, fill(personas[CHAR], "personas[<FIRST>]"), fill(personas[USER], "personas[<SECOND>]"),
+                  fill(rec.get("scenario", ""), "scenario"))
+    turns = rec["conversation"]
+    if not isinstance(turns, list):
+        raise BadRow("malformed record", "conversation is not a list")
+    messages = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict) or "name" not in t or "text" not in t:
+            raise BadRow("malformed record", f"conversation turn {i} needs 'name' and 'text'")
+        who = t["name"]
+        role = "assistant" if who in (CHAR, char) else "user" if who in (USER, user) else None
+        if role is None:
+            raise BadRow("unknown role", f"conversation turn {i} is by {who!r}, neither {CHAR} nor {USER}")
+        messages.append(Message(role, fill(t["text"], f"conversation turn {i}")))
+    return Conversation(messages, roleplay=rp)
+
+
+DATA_SUFFIXES = {".json", ".jsonl", ".gz", ".parquet", ".yaml", ".yml"}
 CONVERTERS = {"sharegpt": from_sharegpt, "openai": from_openai, "alpaca": from_alpaca, "limarp": from_limarp}
 
 
 def _records_from_file(path: Path) -> Iterator[tuple[int, Any]]:
     """(line or row number, decoded record or BadRow) for each record in a local file."""
     name = path.name.lower()
+    if name.endswith((".yaml", ".yml")):  # LimaRP: one conversation per file
+        yield 1, _yaml_record(path)
+        return
     if name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -173,7 +225,22 @@ def _records_from_file(path: Path) -> Iterator[tuple[int, Any]]:
         with open(path, "rb") as f:
             yield from _records_from_lines(f)
         return
-    raise ValueError(f"{path}: unsupported file type (use .json, .jsonl, .jsonl.gz or .parquet)")
+    raise ValueError(f"{path}: unsupported file type (use .json, .jsonl, .jsonl.gz, .parquet or .yaml)")
+
+
+def _yaml_record(path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return BadRow("invalid UTF-8", f"byte {e.start}: {e.reason}")
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return BadRow("invalid YAML", f"{getattr(e, 'problem', None) or e}{where}")
+    except RecursionError:
+        return BadRow("invalid YAML", "nested too deeply")
 
 
 def _parquet_batches(pf: Any) -> Iterator[tuple[int, list[dict]]]:
@@ -214,7 +281,7 @@ def read_records(path: str, kind: str, split: str = "train", name: str | None = 
     convert = CONVERTERS[kind]
     local = Path(path)
     if local.is_dir():
-        files = sorted(p for p in local.rglob("*") if p.suffix in {".json", ".jsonl", ".gz", ".parquet"})
+        files = sorted(p for p in local.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
         records = ((str(f), n, r) for f in files for n, r in _records_from_file(f))
     elif local.exists():
         records = ((path, n, r) for n, r in _records_from_file(local))

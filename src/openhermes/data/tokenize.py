@@ -25,6 +25,7 @@ class Sample:
     where: str
     dataset: str
     n_trained: int = field(init=False)  # counted once on creation
+    variant: str = ""  # LimaRP: the arrangement of an extra copy of the row ("" = the row itself)
 
     def __post_init__(self) -> None:
         self.n_trained = int(np.count_nonzero(self.labels != IGNORE))
@@ -107,7 +108,7 @@ class ConversationTokenizer:
                 # Nothing inside a sample predicts its first token; in a packed row it must not be
                 # learned from the previous sample's last position either.
                 labels[0] = IGNORE
-            out.append(Sample(ids, labels, conv.where, conv.dataset))
+            out.append(Sample(ids, labels, conv.where, conv.dataset, variant=conv.meta.get("variant", "")))
         return out
 
     def prompt_ids(self, conv: Conversation, length: str | None = None) -> list[int]:
@@ -161,7 +162,8 @@ def fit_length(sample: Sample, max_len: int, policy: str) -> tuple[Sample | None
     if len(sample) > max_len:
         if policy == "drop":
             return None, "over-long", f"{len(sample)} tokens > sequence_len {max_len}"
-        sample = Sample(sample.input_ids[:max_len], sample.labels[:max_len], sample.where, sample.dataset)
+        sample = Sample(sample.input_ids[:max_len], sample.labels[:max_len], sample.where, sample.dataset,
+                        variant=sample.variant)
     if sample.n_trained == 0:
         return None, "no trained tokens", "after truncation" if policy == "truncate" else ""
     return sample, "", ""

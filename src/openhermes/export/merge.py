@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from openhermes import outputs
+from openhermes.model.load import save_tokenizer
 
 
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str | None = None,
@@ -33,6 +34,6 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str 
 
     def fill(tmp: Path) -> None:
         merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
 
     return outputs.write_folder(out_dir, "model", fill, overwrite=overwrite)

@@ -30,7 +30,7 @@ def segments(
                 text += f"### Input:\n{m.input}\n\n"
             out.append(Segment(text + "### Response:\n", train_on_inputs))
             continue
-        train = train_on_inputs or m.role in train_roles
+        train = (train_on_inputs or m.role in train_roles) and m.trained is not False
         out.append(Segment(m.content, train))
         if i == len(turns) - 1:
             out.append(Segment("", train, "eos"))

@@ -17,6 +17,9 @@ class Message:
     length: str | None = None
     # Alpaca: the optional "### Input:" text of a user turn.
     input: str | None = None
+    # A row's own say on this turn: False = never trained (ShareGPT `weight: 0`, as axolotl reads it);
+    # None = the recipe's rule (roles_to_train, train_on_inputs).
+    trained: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ def segments(
     out: list[Segment] = []
     start, newline = _START[train_on_inputs], _NEWLINE[train_on_inputs]
     for m in conv.messages:
-        train = train_on_inputs or m.role in train_roles
+        train = (train_on_inputs or m.role in train_roles) and m.trained is not False
         header = _header(m.role, train_on_inputs)
         out += (start, header)
         if m.content:

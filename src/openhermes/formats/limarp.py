@@ -10,15 +10,49 @@ LENGTHS = ("micro", "tiny", "short", "medium", "long", "massive", "huge", "enorm
 STOP_STRINGS = ("\n### Input", "\n### Instruction")
 
 
-def instruction(rp: Roleplay) -> str:
-    return (
-        "### Instruction:\n"
-        f"{rp.char_name}'s Persona: {rp.char_persona}\n\n"
-        f"{rp.user_name}'s Persona: {rp.user_persona}\n\n"
-        f"Scenario: {rp.scenario}\n\n"
-        f"Play the role of {rp.char_name}. You must engage in a roleplaying chat with {rp.user_name} "
-        f"below this line. Do not write dialogues and narration for {rp.user_name}.\n\n"
-    )
+# How the instruction block is arranged. "card": the card's own order (personas, scenario, then the
+# instruction line). The card's second epoch "used a differently arranged system instruction"; the
+# text of that arrangement is not published, so ours is the same parts with the instruction line first.
+ARRANGEMENTS = ("card", "instruction_first")
+
+
+def instruction_body(rp: Roleplay, arrangement: str = "card") -> str:
+    """The text under "### Instruction:" (no header, no closing blank line): a GGUF chat template's
+    system message holds exactly this."""
+    parts = [f"{rp.char_name}'s Persona: {rp.char_persona}", f"{rp.user_name}'s Persona: {rp.user_persona}",
+             f"Scenario: {rp.scenario}",
+             f"Play the role of {rp.char_name}. You must engage in a roleplaying chat with {rp.user_name} "
+             f"below this line. Do not write dialogues and narration for {rp.user_name}."]
+    if arrangement == "instruction_first":
+        parts = parts[-1:] + parts[:-1]
+    elif arrangement != "card":
+        raise ValueError(f"unknown LimaRP arrangement {arrangement!r}; use one of {', '.join(ARRANGEMENTS)}")
+    return "\n\n".join(parts)
+
+
+def instruction(rp: Roleplay, arrangement: str = "card") -> str:
+    return f"### Instruction:\n{instruction_body(rp, arrangement)}\n\n"
+
+
+# The same text as `render` for GGUF users (LM Studio, llama.cpp's server): the system message holds
+# the instruction body, messages carry `name` (the real names), and the reply header asks for
+# `length` (the card's recommended medium unless the caller passes another, or none) and, after it,
+# "Name:" for `char_name` or the name on the last assistant message.
+CHAT_TEMPLATE = (
+    "{% set length = length if length is defined else 'medium' %}"
+    "{% for message in messages %}"
+    "{% set who = (message['name'] + ': ') if message.get('name') else '' %}"
+    "{% if message['role'] == 'system' %}{{ '### Instruction:\\n' + message['content'] + '\\n\\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '### Input:\\n' + who + message['content'] + '\\n\\n' }}"
+    "{% else %}{{ '### Response:\\n' + who + message['content'] }}"
+    "{% if loop.last %}{{ eos_token }}{% else %}{{ '\\n\\n' }}{% endif %}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Response:' + ((' (length = ' + length + ')') if length else '') + '\\n' }}"
+    "{% set ns = namespace(char=char_name if char_name is defined else '') %}"
+    "{% for message in messages %}{% if message['role'] == 'assistant' and message.get('name') and "
+    "char_name is not defined %}{% set ns.char = message['name'] %}{% endif %}{% endfor %}"
+    "{% if ns.char %}{{ ns.char + ':' }}{% endif %}{% endif %}"
+)
 
 
 def response_header(char_name: str, length: str | None) -> str:
@@ -40,14 +74,14 @@ def segments(
     rp = conv.roleplay
     if rp is None:
         raise ValueError(f"{conv.where}: a LimaRP conversation needs personas and a scenario")
-    out = [Segment(instruction(rp), train_on_inputs)]
+    out = [Segment(instruction(rp, conv.meta.get("arrangement", "card")), train_on_inputs)]
     turns = [m for m in conv.messages if m.role != "system"]
     for i, m in enumerate(turns):
         last = i == len(turns) - 1
         if m.role == "user":
             out.append(Segment(f"### Input:\n{rp.user_name}: {m.content}\n\n", train_on_inputs))
             continue
-        train = train_on_inputs or m.role in train_roles
+        train = (train_on_inputs or m.role in train_roles) and m.trained is not False
         out.append(Segment(response_header(rp.char_name, m.length), train_on_inputs))
         out.append(Segment(" " + m.content, train))
         if last:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
 import torch
 
-from openhermes.formats import chatml
+from openhermes.formats import chatml, limarp
 
 
 class ModelLoadError(RuntimeError):
@@ -35,6 +36,8 @@ def load_tokenizer(name_or_path: str | Path, prompt_format: str = "chatml", extr
             tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
         tok.eos_token = chatml.IM_END
         tok.chat_template = chatml.CHAT_TEMPLATE
+    elif prompt_format == "limarp":
+        tok.chat_template = limarp.CHAT_TEMPLATE  # so GGUF users (LM Studio) get the card's format
     if extra_special:
         tok.add_special_tokens(dict(extra_special))
     if extra_tokens:
@@ -42,6 +45,16 @@ def load_tokenizer(name_or_path: str | Path, prompt_format: str = "chatml", extr
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token or tok.eos_token
     return tok
+
+
+def save_tokenizer(tokenizer, folder: str | Path) -> None:
+    """save_pretrained, plus the base's SentencePiece `tokenizer.model` (transformers writes only
+    tokenizer.json): GGUF export takes the real piece scores from it, and SentencePiece tools need it."""
+    tokenizer.save_pretrained(str(folder))
+    source = getattr(tokenizer, "vocab_file", None)
+    target = Path(folder) / "tokenizer.model"
+    if source and Path(source).name == "tokenizer.model" and Path(source).is_file() and not target.exists():
+        shutil.copyfile(source, target)
 
 
 def added_token_ids(tokenizer, model_vocab_size: int) -> list[int]:

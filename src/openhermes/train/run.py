@@ -20,7 +20,7 @@ from openhermes.data.prepare import DEFAULT_CACHE, Prepared, prepare, resolve_da
 from openhermes.data.readers import read_records
 from openhermes.formats import get_format
 from openhermes.model import tiny
-from openhermes.model.load import apply_lora, load_model, load_tokenizer, use_bf16, weight_dtype
+from openhermes.model.load import apply_lora, load_model, load_tokenizer, save_tokenizer, use_bf16, weight_dtype
 from openhermes.train.callbacks import ProgressAndLog, TokenCounter, plot_loss
 from openhermes.train.collate import PackedCollator
 from openhermes.train.neftune import PackedNEFTune
@@ -209,7 +209,7 @@ def save_final(trainer: Trainer, tokenizer, out_dir: Path, is_adapter: bool, ove
 
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         if not is_adapter:
             model.generation_config.save_pretrained(tmp)
 

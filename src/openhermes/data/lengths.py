@@ -1,0 +1,95 @@
+"""LimaRP's response-length modifiers, assigned from the data.
+
+LimaRP's training rows carried `(length = X)` chosen from each response's length; the thresholds were
+never published. Ours: one bin per modifier (micro ... unlimited) over the reply length in words or
+tokens. `bins: auto` places the edges at fixed quantiles of the data's own replies so that the card's
+recommended default, medium, is the middle 30% (the 35th to 65th percentile) around the median."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+import xxhash
+
+from openhermes.formats import Conversation
+from openhermes.formats.limarp import LENGTHS
+
+# The share of replies below each modifier's bin, for `bins: auto` (one per LENGTHS entry).
+AUTO_QUANTILES = (0.0, 0.05, 0.15, 0.35, 0.65, 0.85, 0.93, 0.97, 0.99, 0.997)
+
+
+def reply_length(text: str, unit: str, tokenizer=None) -> int:
+    if unit == "words":
+        return len(text.split())
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def auto_bins(lengths: list[int]) -> dict[str, int]:
+    """Lower bounds at the data's quantiles, made strictly increasing (ties on short data)."""
+    if not lengths:
+        return {m: i for i, m in enumerate(LENGTHS)}
+    qs = np.quantile(np.asarray(lengths), AUTO_QUANTILES[1:], method="higher")
+    bounds, last = {LENGTHS[0]: 0}, 0
+    for name, q in zip(LENGTHS[1:], qs, strict=True):
+        last = max(int(q), last + 1)
+        bounds[name] = last
+    return bounds
+
+
+def modifier_for(n: int, bins: dict[str, int]) -> str:
+    """The modifier whose bin holds a reply of length n: the largest lower bound <= n."""
+    best = None
+    for name in LENGTHS:
+        if name in bins and bins[name] <= n:
+            best = name
+    return best or min(bins, key=bins.get)
+
+
+def _omitted(seed: int, reply: str, turn: int, p: float) -> bool:
+    # Drawn from the reply itself, not a running generator or the file's path: the same reply gets
+    # the same choice whatever else is in the data and wherever the files lie (the cache key is
+    # content-based too).
+    if p <= 0:
+        return False
+    h = xxhash.xxh64_intdigest(f"{seed}:{turn}:{reply}".encode())
+    return random.Random(h).random() < p
+
+
+def assign(convs: list[Conversation], spec, seed: int, tokenizer=None) -> dict:
+    """Give every character reply without a modifier (every one, with `replace`) the modifier of its
+    length's bin, leaving it out with probability `omit`. Changes `convs` in place; returns the
+    report: unit, the bins with counts, and how many were omitted or kept from the rows."""
+    measured: list[tuple[int, int, int]] = []  # (conversation, turn, length) for replies to assign
+    for ci, conv in enumerate(convs):
+        for ti, m in enumerate(conv.messages):
+            if m.role == "assistant" and (spec.replace or m.length is None):
+                measured.append((ci, ti, reply_length(m.content, spec.unit, tokenizer)))
+    bins = auto_bins([n for *_, n in measured]) if spec.bins == "auto" else dict(spec.bins)
+    omitted = 0
+    for ci, ti, n in measured:
+        conv = convs[ci]
+        if _omitted(seed, conv.messages[ti].content, ti, spec.omit):
+            length, omitted = None, omitted + 1
+        else:
+            length = modifier_for(n, bins)
+        conv.messages[ti] = replace(conv.messages[ti], length=length)
+    return {"unit": spec.unit, "bins": bins, "assigned": len(measured) - omitted, "omitted": omitted}
+
+
+def histogram(convs: list[Conversation], bins: dict[str, int] | None, unit: str, tokenizer=None) -> list[dict]:
+    """Per modifier: how many replies carry it, and their mean length (in `unit`)."""
+    count, total = Counter(), Counter()
+    for conv in convs:
+        for m in conv.messages:
+            if m.role == "assistant":
+                key = m.length or "(none)"
+                count[key] += 1
+                total[key] += reply_length(m.content, unit, tokenizer)
+    order = [m for m in LENGTHS if m in count] + (["(none)"] if "(none)" in count else [])
+    edges = sorted((bins or {}).items(), key=lambda kv: kv[1])
+    upper = {name: (edges[i + 1][1] if i + 1 < len(edges) else None) for i, (name, _) in enumerate(edges)}
+    return [{"modifier": k, "replies": count[k], "mean_length": round(total[k] / count[k], 1),
+             "from": (bins or {}).get(k), "to": upper.get(k)} for k in order]
