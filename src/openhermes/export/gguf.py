@@ -33,21 +33,15 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 def vocab_entries(folder: Path) -> tuple[list[bytes], list[float], list[int]]:
     """Tokens, SentencePiece scores and token types, id by id.
 
-    With a SentencePiece `tokenizer.model` its own scores are used (gguf's SentencePieceVocab). A BPE
+    With a SentencePiece `tokenizer.model` its own pieces, scores and types are used. A BPE
     `tokenizer.json` (byte fallback, "▁" for spaces, as Mistral's and the embedded default's) has no
     scores: a merged token gets minus the rank of the merge that makes it, so llama.cpp's score-greedy
     SentencePiece merging takes the merges in BPE's order."""
     import gguf
 
-    if (folder / "tokenizer.model").exists():
-        try:
-            vocab = gguf.vocab.SentencePieceVocab(folder)
-        except ImportError:
-            pass
-        else:
-            tokens, scores, types = zip(*vocab.all_tokens(), strict=True)
-            return list(tokens), list(scores), [int(t) for t in types]
     data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    if (folder / "tokenizer.model").exists():
+        return _sentencepiece_entries(folder / "tokenizer.model", data.get("added_tokens", []))
     model = data["model"]
     if model.get("type") != "BPE" or not model.get("byte_fallback"):
         raise ExportError(f"{folder}: GGUF export supports SentencePiece-style tokenizers (tokenizer.model, or a BPE "
@@ -75,6 +69,54 @@ def vocab_entries(folder: Path) -> tuple[list[bytes], list[float], list[int]]:
     if missing:
         raise ExportError(f"{folder}: token ids {missing[:5]} have no token in tokenizer.json")
     return tokens, scores, types
+
+
+def _sentencepiece_entries(model_file: Path, added_tokens: list[dict]) -> tuple[list[bytes], list[float], list[int]]:
+    """The SentencePiece model's own pieces, scores and types, then the tokens added on top (the ChatML
+    tokens: control tokens, as llama.cpp must never split or print them as text). gguf's
+    SentencePieceVocab reads added tokens only from added_tokens.json, which transformers 5 no longer
+    writes: hence our own reading of tokenizer.json's added_tokens."""
+    import gguf
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+    tokens, scores, types = [], [], []
+    for i in range(sp.vocab_size()):
+        tokens.append(sp.id_to_piece(i).encode("utf-8"))
+        scores.append(sp.get_score(i))
+        kind = (gguf.TokenType.UNKNOWN if sp.is_unknown(i) else gguf.TokenType.CONTROL if sp.is_control(i)
+                else gguf.TokenType.UNUSED if sp.is_unused(i) else gguf.TokenType.BYTE if sp.is_byte(i)
+                else gguf.TokenType.NORMAL)
+        types.append(int(kind))
+    for t in sorted(added_tokens, key=lambda t: t["id"]):
+        i = t["id"]
+        if i < len(tokens):
+            if tokens[i] != t["content"].encode("utf-8"):
+                raise ExportError(f"{model_file}: added token {t['content']!r} has id {i}, which the SentencePiece "
+                                  f"model gives to {tokens[i].decode(errors='replace')!r}")
+            continue
+        if i != len(tokens):
+            raise ExportError(f"{model_file}: added token ids are not contiguous after the SentencePiece vocabulary "
+                              f"({len(tokens)} pieces, next added id {i})")
+        tokens.append(t["content"].encode("utf-8"))
+        scores.append(0.0)
+        types.append(int(gguf.TokenType.CONTROL if t.get("special") else gguf.TokenType.USER_DEFINED))
+    return tokens, scores, types
+
+
+def fit_vocab(tokens: list[bytes], scores: list[float], types: list[int], rows: int, where: Path) -> None:
+    """llama.cpp needs exactly one token per embedding row. More tokens than rows cannot be run (a clear
+    error here, not a file llama.cpp refuses); fewer (rows padded to a multiple, as some models are) get
+    unused "[PAD{i}]" tokens, as llama.cpp's own converter writes."""
+    import gguf
+
+    if len(tokens) > rows:
+        raise ExportError(f"{where}: the tokenizer has {len(tokens)} tokens but the model's embedding has {rows} "
+                          f"rows; resize the model's embeddings to the tokenizer (openhermes train does) first")
+    for i in range(len(tokens), rows):
+        tokens.append(f"[PAD{i}]".encode())
+        scores.append(-1000.0)
+        types.append(int(gguf.TokenType.UNUSED))
 
 
 MARK_KEY = "openhermes.version"  # our own key in the file: how a later export knows the file is ours
@@ -139,6 +181,7 @@ def _write_gguf(model_dir: Path, out: Path, qtype: str, progress: bool) -> None:
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     tokens, scores, types = vocab_entries(model_dir)
+    fit_vocab(tokens, scores, types, config.vocab_size, model_dir)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
