@@ -85,3 +85,25 @@ def test_task_filter_leaves_a_suite_without_the_named_task_empty(tmp_path):
     cfg = EvalConfig(("gpt4all", "agieval"), data_dir=tmp_path, only=("bigbench_causal_judgement",))
     assert build_tasks("gpt4all", cfg) == []
     assert build_tasks("agieval", cfg) == []
+
+
+def test_piqa_loads_from_parquet_files_by_url(tmp_path):
+    """datasets >= 4 refuses ybisk/piqa's loading script: the loader reads the hub's parquet conversion by URL,
+    through datasets' own parquet builder (here a file:// URL to rows in that conversion's schema)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from openhermes.eval.tasks.base import load_rows
+
+    assert gpt4all.SOURCES["piqa"][0].startswith("hf://datasets/ybisk/piqa@refs%2Fconvert%2Fparquet/")
+    assert gpt4all.SOURCES["piqa"][0].endswith(".parquet")
+    rows = [{"goal": "Dry wet shoes", "sol1": "Stuff them with newspaper.", "sol2": "Put them in the fridge.",
+             "label": 0}, {"goal": "Open a jar", "sol1": "Freeze the lid.", "sol2": "Run the lid under hot water.",
+                           "label": 1}]
+    folder = tmp_path / "plain_text" / "validation"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), folder / "0000.parquet")
+    loaded = list(load_rows(None, "piqa", f"file://{folder}/*.parquet", None, "validation"))
+    qs = gpt4all._piqa(loaded)
+    assert [q.context for q in qs] == ["Question: Dry wet shoes\nAnswer:", "Question: Open a jar\nAnswer:"]
+    assert [q.gold for q in qs] == [0, 1] and qs[1].choices == ["Freeze the lid.", "Run the lid under hot water."]

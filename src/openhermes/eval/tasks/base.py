@@ -97,6 +97,10 @@ def load_rows(data_dir: Path | None, local_name: str, hub_id: str, config: str |
                                 f"in the hub's schema)")
     from datasets import load_dataset
 
+    if hub_id.endswith(".parquet"):
+        # Parquet files by URL (hf://datasets/<id>@refs%2Fconvert%2Fparquet/...): the hub's parquet conversion
+        # of a script-based data set, which datasets >= 4 no longer runs.
+        return load_dataset("parquet", data_files={split: hub_id}, split=split)
     return load_dataset(hub_id, config, split=split)
 
 

@@ -1,5 +1,9 @@
 """The card's 18 BIG-bench tasks, built from BIG-bench task.json files (SPEC §7).
 
+Two layouts are read: BIG-bench's own (`benchmark_tasks/<task>/task.json`, subtasks in sub-folders)
+and the flat one of the card's harness (`lm_eval/datasets/bigbench_resources/<task>.json`, named as the
+suite names the task; its files are what produced the card's table, quirks included).
+
 Prompt: task_prefix + example_input_prefix + input [+ choice_prefix + choice_prefix.join(choices in
 numpy RandomState(42).permutation(sorted(target_scores)) order, a fresh RandomState per example)]
 + example_output_prefix. One request per target_scores key in JSON order, no added space.
@@ -42,11 +46,22 @@ QUIRK_COPIES = {"tracking_shuffled_objects_three_objects": "logical_deduction/th
 ANSWER = re.compile(r"[^\.\?\!\;\n]+")
 
 
-def load_task_json(root: Path, folder: str) -> dict:
-    path = Path(root) / folder / "task.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; point --bigbench-dir at BIG-bench's benchmark_tasks/ folder")
-    return json.loads(path.read_text(encoding="utf-8"))
+def task_file(root: Path, name: str, folder: str) -> Path:
+    """The harness's flat `<name>.json` if the folder has it, else BIG-bench's `<folder>/task.json`."""
+    flat, nested = Path(root) / f"{name}.json", Path(root) / folder / "task.json"
+    if flat.exists():
+        return flat
+    if nested.exists():
+        return nested
+    raise FileNotFoundError(f"{nested}: missing (nor is there {flat.name}); point --bigbench-dir at BIG-bench's "
+                            f"benchmark_tasks/ folder or at the harness's flat bigbench_resources/ folder")
+
+
+def load_task_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a BIG-bench task file ({e})") from None
 
 
 def unique_examples(examples: list[dict]) -> list[dict]:
@@ -81,21 +96,32 @@ def questions(task: dict) -> list[Question]:
     return out
 
 
-def exact_str_match(task: Task, engine) -> dict[str, list[float]]:
-    """Greedy generation from each prompt, cut to 128 characters and then to the first run of
-    `[^.?!;\\n]+`, compared with the example's target (whitespace stripped)."""
+# The card's harness: greedy generation of up to 128 new tokens with no stop string (eos still ends it),
+# the text cut to 128 characters, then the first run of `[^.?!;\n]+`.
+EXACT_STR_NEW_TOKENS = 128
+EXACT_STR_CHARS = 128
+
+
+def exact_str_answer(generated: str) -> str:
+    m = ANSWER.search(generated[:EXACT_STR_CHARS])
+    return m.group(0).strip() if m else ""
+
+
+def exact_str_requests(task: Task, engine) -> list:
     from openhermes.infer.sampling import PRESETS
     from openhermes.infer.sequence import GenerationRequest
 
-    requests = [GenerationRequest(engine.text_prompt(q.context), PRESETS["greedy"], 64, stop=("\n",))
-                for q in task.questions]
+    return [GenerationRequest(engine.text_prompt(q.context), PRESETS["greedy"], EXACT_STR_NEW_TOKENS)
+            for q in task.questions]
+
+
+def exact_str_match(task: Task, engine) -> dict[str, list[float]]:
+    """Each example's answer (exact_str_answer of its greedy generation) against its target."""
     hits = []
-    for q, r in zip(task.questions, engine.generate(requests), strict=True):
-        m = ANSWER.search(r.text[:128])
-        pred = m.group(0).strip() if m else ""
+    for q, r in zip(task.questions, engine.generate(exact_str_requests(task, engine)), strict=True):
         target = q.extra.get("target")
         targets = target if isinstance(target, list) else [target]
-        hits.append(float(pred in [t.strip() for t in targets if t]))
+        hits.append(float(exact_str_answer(r.text) in [t.strip() for t in targets if t]))
     return {"exact_str_match": hits}
 
 
@@ -103,7 +129,8 @@ def tasks(root: Path, limit: int | None = None, quirks: bool = False, names: lis
     out = []
     for name in (list(TASKS) if names is None else names):
         folder = QUIRK_COPIES.get(name, TASKS[name]) if quirks else TASKS[name]
-        qs = questions(load_task_json(root, folder))[:limit]
+        # A flat folder is the harness's own: read as it is (its three_objects file already is the copy).
+        qs = questions(load_task_json(task_file(root, name, folder)))[:limit]
         gen = exact_str_match if name == "geometric_shapes" else None
         out.append(Task(f"bigbench_{name}", 0, ("multiple_choice_grade",), qs, generate=gen))
     return out

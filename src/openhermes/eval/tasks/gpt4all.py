@@ -58,6 +58,8 @@ def winogrande_question(d: dict, i: int) -> Question:
                     contexts=[d["sentence"][:idx] + o for o in options])
 
 
+PIQA_PARQUET = "hf://datasets/ybisk/piqa@refs%2Fconvert%2Fparquet/plain_text/validation/*.parquet"
+
 SOURCES = {  # task: (hub id, config, split, builder, version, metrics)
     "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge", "test", lambda r: _arc(r, "arc_challenge"), 0,
                       ("acc", "acc_norm")),
@@ -65,7 +67,8 @@ SOURCES = {  # task: (hub id, config, split, builder, version, metrics)
     "boolq": ("super_glue", "boolq", "validation", _boolq, 1, ("acc",)),
     "hellaswag": ("Rowan/hellaswag", None, "validation", _hellaswag, 0, ("acc", "acc_norm")),
     "openbookqa": ("allenai/openbookqa", "main", "test", _openbookqa, 0, ("acc", "acc_norm")),
-    "piqa": ("ybisk/piqa", None, "validation", _piqa, 0, ("acc", "acc_norm")),
+    # ybisk/piqa is a loading script, which datasets >= 4 refuses: its parquet conversion on the hub instead.
+    "piqa": (PIQA_PARQUET, None, "validation", _piqa, 0, ("acc", "acc_norm")),
     "winogrande": ("allenai/winogrande", "winogrande_xl", "validation",
                    lambda rows: [winogrande_question(d, i) for i, d in enumerate(rows)], 0, ("acc",)),
 }
