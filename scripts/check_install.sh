@@ -17,4 +17,5 @@ OPENHERMES_CACHE="$scratch/cache" "$scratch/venv/bin/openhermes" data prepare ti
   >"$scratch/prepare.log" 2>&1 || { cat "$scratch/prepare.log"; exit 1; }
 test -f "$scratch/prepared/report.json"
 "$scratch/venv/bin/python" -c 'from importlib.resources import files; assert files("openhermes").joinpath("serve/static/index.html").is_file()'
-echo "check_install: the non-editable install finds its recipes and static files"
+"$scratch/venv/bin/python" -c 'from openhermes.config import Recipe; from pathlib import Path; assert Path(Recipe(deepspeed="zero3").deepspeed).is_file()'
+echo "check_install: the non-editable install finds its recipes, static files and DeepSpeed configs"

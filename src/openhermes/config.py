@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # inside the package, so a wheel has them
+DEEPSPEED_DIR = Path(__file__).resolve().parent / "configs" / "deepspeed"
 
 # Keys an axolotl YAML for these recipes carries that change nothing here (logging services,
 # attention back-ends we choose ourselves, hub pushes). Accepted with a warning so the YAML loads.
@@ -18,7 +19,7 @@ IGNORED_AXOLOTL_KEYS = {
     "wandb_project", "wandb_entity", "wandb_watch", "wandb_name", "wandb_run_id", "wandb_log_model",
     "strict", "debug", "xformers_attention", "tokenizer_type", "model_type", "is_mistral_derived_model",
     "is_llama_derived_model", "hub_model_id", "hub_strategy", "early_stopping_patience", "local_rank",
-    "group_by_length", "eval_sample_packing", "evals_per_epoch", "eval_steps", "eval_table_size",
+    "group_by_length", "eval_sample_packing", "eval_table_size",
     "eval_max_new_tokens", "sdp_attention", "s2_attention", "lora_fan_in_fan_out",
     "lora_model_dir", "trust_remote_code", "tokenizer_use_fast", "tokenizer_legacy", "base_model_config",
 }
@@ -123,7 +124,8 @@ class Recipe(BaseModel):
     max_grad_norm: float = 1.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
-    bf16: bool | Literal["auto"] = "auto"
+    # true/auto: bf16 arithmetic, fp32 master weights in a full fine-tune; "pure": bf16 weights too
+    bf16: bool | Literal["auto", "pure"] = "auto"
     fp16: bool = False
     tf32: bool = False
     flash_attention: bool = False
@@ -142,6 +144,10 @@ class Recipe(BaseModel):
     # outputs
     output_dir: str = "runs/out"
     logging_steps: int = 10
+    # with val_set_size: an evaluation loss this many times per epoch, or every eval_steps (axolotl's keys);
+    # neither given: once per epoch
+    evals_per_epoch: int | None = Field(None, gt=0)
+    eval_steps: int | None = Field(None, gt=0)
     save_steps: int | None = None
     saves_per_epoch: int | None = None
     save_total_limit: int | None = 2
@@ -151,6 +157,14 @@ class Recipe(BaseModel):
 
     # the embedded default's from-scratch model (ignored for other base models)
     tiny: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _shipped_deepspeed_config(cls, v: str | None) -> str | None:
+        """`deepspeed: zero3` (or zero2) names a config shipped with openhermes; anything else is a path."""
+        if v is not None and (DEEPSPEED_DIR / f"{v}.json").is_file():
+            return str(DEEPSPEED_DIR / f"{v}.json")
+        return v
 
     @model_validator(mode="before")
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -75,23 +77,53 @@ def bf16_supported() -> bool:
 
 
 def use_bf16(bf16: bool | str) -> bool:
-    """Whether to train in bf16 mixed precision. `auto`: on a CUDA GPU that supports it, never on a CPU,
-    so CPU results do not depend on whether the CPU has bf16 instructions (AVX512-BF16, AMX);
-    `true` asks for it on a CPU too, and falls back to fp32 with a warning where unsupported."""
+    """Whether to train in bf16 mixed precision (autocast). `auto`: on a CUDA GPU that supports it, never
+    on a CPU, so CPU results do not depend on whether the CPU has bf16 instructions (AVX512-BF16, AMX);
+    `true` (or `pure`) asks for it on a CPU too, and falls back to fp32 with a warning where unsupported."""
     if bf16 is False:
         return False
     if bf16 == "auto" and not torch.cuda.is_available():
         return False
     if bf16_supported():
         return True
-    if bf16 is True:
+    if bf16 is True or bf16 == "pure":
         warnings.warn("bf16 asked for but not supported here; training in fp32", stacklevel=2)
     return False
 
 
-def weight_dtype(bf16: bool | str) -> torch.dtype:
-    """Weights in bf16 on a GPU (as axolotl does); on a CPU fp32 weights with bf16 autocast."""
+def weight_dtype(bf16: bool | str, full_finetune: bool) -> torch.dtype:
+    """The dtype the weights are loaded in.
+
+    A full fine-tune keeps fp32 master weights, with bf16 autocast (or the engine's mixed precision:
+    FSDP MixedPrecision, DeepSpeed bf16 with fp32 master) doing the arithmetic: AdamW updating bf16
+    weights directly rounds away every update below half a bf16 ulp, which at the OpenHermes
+    recipe's learning rate (2e-6) is most of them. Pure bf16 weights only when a recipe says
+    `bf16: pure`. A LoRA base is frozen: bf16 on a GPU (as axolotl loads it), fp32 on a CPU."""
+    if bf16 == "pure":
+        warnings.warn("bf16: pure keeps the weights themselves in bf16: small updates round away "
+                      "(use bf16: true for fp32 master weights with bf16 arithmetic)", stacklevel=2)
+        return torch.bfloat16
+    if full_finetune:
+        return torch.float32
     return torch.bfloat16 if torch.cuda.is_available() and use_bf16(bf16) else torch.float32
+
+
+def attention_implementation(flash_attention: bool) -> str | None:
+    """`flash_attention: true` as users expect it: flash_attention_2 on a CUDA GPU with flash-attn
+    installed; otherwise PyTorch SDPA (which runs flash kernels itself on recent GPUs), with a notice.
+    Packed samples stay isolated with both (transformers reads the boundaries from position_ids)."""
+    if not flash_attention:
+        return None
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    why = "flash-attn is not installed" if torch.cuda.is_available() else "there is no CUDA GPU"
+    warnings.warn(f"flash_attention: {why}; using PyTorch SDPA attention", stacklevel=2)
+    return "sdpa"
+
+
+def local_device() -> int:
+    """This process's GPU under torchrun/accelerate (LOCAL_RANK), before anything has set the device."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def load_model(name_or_path: str | Path, tokenizer, *, dtype: torch.dtype = torch.float32,
@@ -111,12 +143,10 @@ def load_model(name_or_path: str | Path, tokenizer, *, dtype: torch.dtype = torc
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit,
             bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_type="nf4")
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
-    if flash_attention:
-        if torch.cuda.is_available():
-            kwargs["attn_implementation"] = "flash_attention_2"
-        else:
-            warnings.warn("flash_attention needs a CUDA GPU; using SDPA attention", stacklevel=2)
+        # Each rank on its own GPU: current_device() is still 0 on every rank at this point.
+        kwargs["device_map"] = {"": local_device()}
+    if (attn := attention_implementation(flash_attention)) is not None:
+        kwargs["attn_implementation"] = attn
     try:
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
     except OSError as e:

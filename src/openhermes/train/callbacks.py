@@ -69,13 +69,17 @@ def plot_loss(log_path: Path, png_path: Path) -> Path | None:
         return None
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     pts = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.5)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.5, label="training loss")
+    if evals:  # val_set_size: the held-out loss, like the cards' eval curves
+        ax.plot([p[0] for p in evals], [p[1] for p in evals], "o-", lw=1.5, label="evaluation loss")
+        ax.legend()
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title("training loss")
+    ax.set_ylabel("loss")
+    ax.set_title("training loss" + (" and evaluation loss" if evals else ""))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path)

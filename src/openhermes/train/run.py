@@ -101,7 +101,19 @@ class OpenHermesTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
 
-def training_arguments(recipe: Recipe, out_dir: Path, steps_per_epoch: int) -> TrainingArguments:
+def eval_every(recipe: Recipe, steps_per_epoch: int, has_validation: bool) -> int | None:
+    """Steps between evaluation losses: eval_steps, else evals_per_epoch per epoch, else once an epoch."""
+    if not has_validation:
+        if recipe.eval_steps or recipe.evals_per_epoch:
+            warnings.warn("eval_steps/evals_per_epoch need val_set_size > 0: no evaluation", stacklevel=2)
+        return None
+    if recipe.eval_steps:
+        return recipe.eval_steps
+    return max(1, steps_per_epoch // (recipe.evals_per_epoch or 1))
+
+
+def training_arguments(recipe: Recipe, out_dir: Path, steps_per_epoch: int,
+                       eval_steps: int | None = None) -> TrainingArguments:
     cuda = torch.cuda.is_available()
     bf16 = use_bf16(recipe.bf16)
     save_steps = recipe.save_steps
@@ -109,6 +121,13 @@ def training_arguments(recipe: Recipe, out_dir: Path, steps_per_epoch: int) -> T
         save_steps = max(1, steps_per_epoch // recipe.saves_per_epoch)
     if recipe.tf32 and not cuda:
         warnings.warn("tf32 needs a CUDA GPU; ignored", stacklevel=2)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    fsdp = recipe.fsdp or ""
+    if fsdp and not cuda:
+        # accelerate drives FSDP only on GPUs: on CPU processes it would silently run plain DDP.
+        warnings.warn("fsdp needs CUDA GPUs (accelerate runs FSDP only there); training data-parallel (DDP) "
+                      "on this machine instead", stacklevel=2)
+        fsdp = ""
     return TrainingArguments(
         output_dir=str(out_dir),
         per_device_train_batch_size=recipe.micro_batch_size,
@@ -138,11 +157,15 @@ def training_arguments(recipe: Recipe, out_dir: Path, steps_per_epoch: int) -> T
         remove_unused_columns=False,
         disable_tqdm=True,  # our own bar shows loss, lr and tokens/s
         dataloader_num_workers=0,
-        ddp_backend=("nccl" if cuda else "gloo") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        ddp_backend=("nccl" if cuda else "gloo") if world > 1 else None,
         deepspeed=recipe.deepspeed,
-        fsdp=recipe.fsdp or "",
-        fsdp_config=recipe.fsdp_config,
+        fsdp=fsdp,
+        fsdp_config=recipe.fsdp_config if fsdp else None,
         use_cpu=not cuda,
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps,
+        per_device_eval_batch_size=recipe.micro_batch_size,
+        prediction_loss_only=True,  # the loss is what is logged; no logits gathered across ranks
     )
 
 
@@ -164,12 +187,20 @@ def build(recipe: Recipe, out_dir: Path, show_progress: bool = True, cache: Path
     tokenizer = load_tokenizer(base, recipe.prompt_format, recipe.special_tokens, recipe.tokens)
     prepared = prepare(recipe, tokenizer, cache_dir=cache, progress=show_progress)
     data = prepared.load()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps_per_epoch = max(1, len(data["train"]) // (recipe.global_batch_size * world))
+    # The training arguments come before the model: with DeepSpeed ZeRO-3 they install the config that
+    # makes from_pretrained shard the weights as it loads them (zero.Init), instead of every rank
+    # building the whole model in host memory.
+    args = training_arguments(recipe, out_dir, steps_per_epoch, eval_every(recipe, steps_per_epoch,
+                                                                            "validation" in data))
     # Seeded here, after everything that may or may not run depending on the cache (building the
     # tiny base draws its weights): the added ChatML rows and all of training then get the same
     # random numbers on a first run and on a cached one.
     set_seed(recipe.seed)
-    model, added = load_model(base, tokenizer, dtype=weight_dtype(recipe.bf16), load_in_8bit=recipe.load_in_8bit,
-                              load_in_4bit=recipe.load_in_4bit, flash_attention=recipe.flash_attention)
+    model, added = load_model(base, tokenizer, dtype=weight_dtype(recipe.bf16, full_finetune=not recipe.adapter),
+                              load_in_8bit=recipe.load_in_8bit, load_in_4bit=recipe.load_in_4bit,
+                              flash_attention=recipe.flash_attention)
     model.config.use_cache = False  # a KV cache would switch off packed-sample isolation (SPEC §3)
     if recipe.adapter:
         if recipe.load_in_8bit or recipe.load_in_4bit:
@@ -180,9 +211,6 @@ def build(recipe: Recipe, out_dir: Path, show_progress: bool = True, cache: Path
                            target_linear=recipe.lora_target_linear, target_modules=recipe.lora_target_modules,
                            added_ids=added, modules_to_save=recipe.lora_modules_to_save)
     neftune = PackedNEFTune(model, recipe.noisy_embedding_alpha) if recipe.noisy_embedding_alpha else None
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    steps_per_epoch = max(1, len(data["train"]) // (recipe.global_batch_size * world))
-    args = training_arguments(recipe, out_dir, steps_per_epoch)
     counter = TokenCounter()
     trainer = OpenHermesTrainer(
         model=model, args=args, train_dataset=data["train"],
@@ -201,20 +229,32 @@ def final_folder(out_dir: Path, is_adapter: bool) -> tuple[Path, str]:
 
 
 def save_final(trainer: Trainer, tokenizer, out_dir: Path, is_adapter: bool, overwrite: bool = False) -> Path:
-    """The model folder a user loads: config, safetensors, tokenizer with chat template, generation config."""
+    """The model folder a user loads: config, safetensors, tokenizer (with tokenizer.model) and chat
+    template, generation config. Saved by the trainer's own save_model on every rank, which gathers
+    the full weights under FSDP (full state dict) and DeepSpeed ZeRO-3 (16-bit gather); an unwrapped
+    save_pretrained there would write each rank's shard (or nothing). Written to a staging folder
+    every rank knows, then moved into place by rank 0 (outputs.py)."""
     target, kind = final_folder(out_dir, is_adapter)
     model = trainer.accelerator.unwrap_model(trainer.model)
     base_cfg = model.get_base_model().config if is_adapter else model.config
     base_cfg.use_cache = True
+    staging = out_dir / ".staging" / f"final-{kind}"
+    if trainer.args.should_save:
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))  # collective under FSDP/ZeRO-3: every rank calls it
 
     def fill(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
-        save_tokenizer(tokenizer, tmp)
+        for entry in staging.iterdir():
+            if entry.name != "training_args.bin":  # the trainer's, not part of a model folder
+                os.replace(entry, tmp / entry.name)
+        save_tokenizer(tokenizer, tmp)  # tokenizer.model beside tokenizer.json
         if not is_adapter:
             model.generation_config.save_pretrained(tmp)
 
     if trainer.args.should_save:
         outputs.write_folder(target, kind, fill, overwrite=overwrite)
+        shutil.rmtree(out_dir / ".staging", ignore_errors=True)  # checkpoints' staging too: all are in place
     trainer.accelerator.wait_for_everyone()
     return target
 
