@@ -105,3 +105,11 @@ def embedded_model_folder(path: Path | None, tmp: Path) -> Path:
     model.save_pretrained(tmp / "model")
     tok.save_pretrained(tmp / "model")
     return tmp / "model"
+
+
+def cpu_model_and_flags() -> tuple[str, list[str]]:
+    """The CPU's model name and its vector instruction sets (AVX2, AVX-512, AMX): README figures name them."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    return model, [f for f in flags if f.startswith(("avx", "amx")) or f in ("fma",)]

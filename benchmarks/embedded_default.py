@@ -19,15 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import cpu_model_and_flags
+
 TARGETS = {"tiny": 4, "short": 10, "medium": 20, "long": 36}
 RESTRICTED = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-
-
-def cpu() -> tuple[str, list[str]]:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    return model, [f for f in flags if f.startswith(("avx", "amx")) or f in ("fma",)]
 
 
 def run(label: str, env_extra: dict[str, str]) -> dict:
@@ -66,7 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="avx2,native", help="avx2 and/or native (comma-separated)")
     args = ap.parse_args()
-    model, flags = cpu()
+    model, flags = cpu_model_and_flags()
     print(f"CPU: {model}; {os.cpu_count()} cores; vector flags: {' '.join(flags)}")
     import torch
 

@@ -177,11 +177,13 @@ def _engine(model: str | None, adapter: Path | None, device: str | None, kind: s
     if kind == "llama.cpp":
         from openhermes.infer.llamacpp import EngineUnavailable, LlamaCppEngine
 
-        if model is None or adapter is not None:
-            _fail("--engine llama.cpp runs a GGUF file: give MODEL as a .gguf path (see `openhermes export`), "
-                  "with the adapter merged in")
+        if model is None:
+            _fail("--engine llama.cpp runs a GGUF file: give MODEL as a .gguf path (see `openhermes export`)")
+        if adapter is not None and adapter.suffix != ".gguf":
+            _fail(f"--engine llama.cpp takes a LoRA GGUF as --lora ({adapter} is not one): make it with "
+                  f"`openhermes export ADAPTER --to gguf-lora`")
         try:
-            return LlamaCppEngine(model)
+            return LlamaCppEngine(model, lora=adapter)
         except (EngineUnavailable, ValueError) as e:
             _fail(str(e))
     if kind != "torch":
@@ -202,13 +204,14 @@ def _sampling(preset_name: str, **overrides):
 
 
 MODEL_HELP = "A model folder or hub id (default: the embedded default, trained first if missing)."
-ADAPTER_HELP = "A peft adapter folder to apply on top of MODEL."
+ADAPTER_HELP = ("A LoRA adapter on top of MODEL: a peft adapter folder (torch engine) or a LoRA GGUF from "
+                "`export --to gguf-lora` (llama.cpp engine).")
 ENGINE_HELP = "torch (a model folder) or llama.cpp (a .gguf file; needs llama-cpp-python)."
 
 
 @app.command()
 def chat(model: str | None = typer.Argument(None, help=MODEL_HELP),
-         adapter: Path | None = typer.Option(None, help=ADAPTER_HELP),
+         adapter: Path | None = typer.Option(None, "--adapter", "--lora", help=ADAPTER_HELP),
          system: str | None = typer.Option(None, help="System prompt (ChatML)."),
          roleplay: Path | None = typer.Option(None, "--roleplay", help="Character card (chara_card_v2 .json or .png): "
                                               "roleplay in the LimaRP format with the limarp preset."),
@@ -247,7 +250,7 @@ def generate(model: str | None = typer.Argument(None, help=MODEL_HELP),
              input: Path = typer.Option(..., "--input", help="JSONL: one {\"messages\": [...]} or {\"prompt\": ...} "
                                         "per line, optional id, max_tokens, stop and sampler fields."),
              output: Path = typer.Option(..., "--output", help="JSONL replies, in input order."),
-             adapter: Path | None = typer.Option(None, help=ADAPTER_HELP),
+             adapter: Path | None = typer.Option(None, "--adapter", "--lora", help=ADAPTER_HELP),
              preset: str = typer.Option("greedy", help="Sampler preset for lines that set nothing else."),
              max_new_tokens: int = typer.Option(256, help="Default reply length limit in tokens."),
              batch_size: int = typer.Option(16, help="Requests decoded together."),
@@ -272,7 +275,7 @@ def generate(model: str | None = typer.Argument(None, help=MODEL_HELP),
 
 @app.command()
 def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
-          adapter: Path | None = typer.Option(None, help=ADAPTER_HELP),
+          adapter: Path | None = typer.Option(None, "--adapter", "--lora", help=ADAPTER_HELP),
           host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 exposes it to the network)."),
           port: int = typer.Option(8000, help="Port to listen on."),
           api_key: str | None = typer.Option(None, envvar="OPENHERMES_API_KEY",
@@ -296,22 +299,60 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
 
 
 @app.command()
-def export(model: Path = typer.Argument(..., help="A model folder (full fine-tune, or merged with `openhermes merge`)."),
-           to: str = typer.Option("gguf", "--to", help="Output format (gguf)."),
-           type_: str = typer.Option("f16", "--type", help="f16, q8_0 or q4_0."),
+def export(model: Path = typer.Argument(..., help="A model folder (full fine-tune, or merged with `openhermes merge`); "
+                                        "with --to gguf-lora, a LoRA adapter folder."),
+           to: str = typer.Option("gguf", "--to", help="gguf, or gguf-lora (a LoRA adapter llama.cpp applies on the "
+                                  "base model's GGUF)."),
+           type_: str = typer.Option("f16", "--type", help="f16, q8_0, q4_0 (written by openhermes), or a llama.cpp "
+                                     "type made by llama.cpp's quantizer: Q4_K_M, Q5_K_M, Q6_K, Q3_K_M, Q2_K, "
+                                     "IQ4_XS, ..."),
            out: Path = typer.Option(..., "--out", help="The .gguf file to write."),
+           check: Path | None = typer.Option(None, "--check", help="A text file: measure the exported file's "
+                                             "perplexity and KL divergence from an f16 export on it, through "
+                                             "llama.cpp."),
+           card: bool = typer.Option(True, help="Write README.md (a model card listing the folder's GGUF files)."),
            overwrite: bool = typer.Option(False, help="Replace an existing file that openhermes did not write.")) -> None:
-    """Write a GGUF file that llama.cpp and LM Studio run (architecture llama, ChatML template inside)."""
+    """Write a GGUF file that llama.cpp and LM Studio run (architecture llama, chat template inside)."""
     from openhermes.export.gguf import ExportError, export_gguf
     from openhermes.outputs import OutputError
 
-    if to != "gguf":
-        _fail(f"--to {to!r}: only gguf is supported")
+    if to not in ("gguf", "gguf-lora"):
+        _fail(f"--to {to!r}: choose gguf or gguf-lora")
     try:
-        path = export_gguf(model, out, type_, overwrite=overwrite)
-    except (ExportError, OSError, OutputError) as e:
+        if to == "gguf-lora":
+            from openhermes.export.gguf_lora import export_lora_gguf
+
+            path = export_lora_gguf(model, out, overwrite=overwrite)
+        else:
+            path = export_gguf(model, out, type_, overwrite=overwrite)
+        console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        if check is not None and to == "gguf":
+            _check_quality(model, path, check)
+        if card:
+            from openhermes.export.card import write_card
+
+            written = write_card(path.parent)
+            if written is not None:
+                console.print(f"model card: {written}")
+    except (ExportError, OSError, OutputError, ValueError) as e:
         _fail(str(e))
-    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def _check_quality(model: Path, path: Path, text_file: Path) -> None:
+    import tempfile
+
+    from openhermes.export.card import record_quality
+    from openhermes.export.gguf import export_gguf
+    from openhermes.export.quality import measure, table
+
+    text = text_file.read_text(encoding="utf-8")
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        reference = export_gguf(model, Path(tmp) / "reference-f16.gguf", "f16", progress=False)
+        (result,) = measure([path], reference, text)
+    console.print(table([result]))
+    record_quality(path.parent, [{"file": path.name, "perplexity": result.perplexity, "kl_mean": result.kl_mean,
+                                  "kl_p99": result.kl_p99, "top1_agreement": result.top1_agreement,
+                                  "tokens": result.tokens}])
 
 
 @app.command("eval")
@@ -322,7 +363,7 @@ def eval_(model: str | None = typer.Argument(None, help=MODEL_HELP),
                                                "schema (default: the Hugging Face dataset ids of SPEC §7)."),
           bigbench_dir: Path | None = typer.Option(None, help="BIG-bench's benchmark_tasks/ folder."),
           output: Path | None = typer.Option(None, "--output", help="results.json with every per-example score."),
-          adapter: Path | None = typer.Option(None, help=ADAPTER_HELP),
+          adapter: Path | None = typer.Option(None, "--adapter", "--lora", help=ADAPTER_HELP),
           add_bos: bool = typer.Option(False, help="Prepend BOS to every context (the card's runs did not)."),
           chat_template: bool = typer.Option(False, help="Wrap contexts in a ChatML user turn (the card did not)."),
           quirks: bool = typer.Option(False, help="Reproduce the card harness's known quirks (BigBench's "

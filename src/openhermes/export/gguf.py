@@ -133,9 +133,30 @@ def is_openhermes_gguf(path: Path) -> bool:
 
 def export_gguf(model_dir: str | Path, out: str | Path, qtype: str = "f16", progress: bool = True,
                 overwrite: bool = False) -> Path:
-    """Write `out` next to itself and rename it over; an existing file we did not write is refused."""
-    return outputs.write_file(out, lambda tmp: _write_gguf(Path(model_dir), tmp, qtype, progress),
-                              is_openhermes_gguf, "GGUF file", overwrite)
+    """Write `out` next to itself and rename it over; an existing file we did not write is refused.
+    f16, q8_0 and q4_0 are written by our numpy writer; K-quants and the other llama.cpp types by
+    llama.cpp's quantizer from an f16 file written first (export/quantize.py)."""
+    from openhermes.export.quantize import NUMPY_TYPES, QuantizeError, canonical, quantize_gguf
+
+    try:
+        qtype = canonical(qtype)
+    except QuantizeError as e:
+        raise ExportError(str(e)) from None
+
+    def fill(tmp: Path) -> None:
+        if qtype in NUMPY_TYPES:
+            _write_gguf(Path(model_dir), tmp, qtype, progress)
+            return
+        f16 = tmp.with_name(tmp.name + ".f16")
+        try:
+            _write_gguf(Path(model_dir), f16, "f16", progress)
+            quantize_gguf(f16, tmp, qtype)
+        except QuantizeError as e:
+            raise ExportError(str(e)) from None
+        finally:
+            f16.unlink(missing_ok=True)
+
+    return outputs.write_file(out, fill, is_openhermes_gguf, "GGUF file", overwrite)
 
 
 def _write_gguf(model_dir: Path, out: Path, qtype: str, progress: bool) -> None:

@@ -37,7 +37,7 @@ class _Detokenizer:
 
 class LlamaCppEngine(BaseEngine):
     def __init__(self, gguf_path: str | Path, *, name: str | None = None, n_ctx: int | None = None,
-                 n_threads: int | None = None):
+                 n_threads: int | None = None, lora: str | Path | None = None):
         try:
             from llama_cpp import Llama
         except ImportError:
@@ -46,7 +46,12 @@ class LlamaCppEngine(BaseEngine):
         path = Path(gguf_path)
         if not path.is_file():
             raise EngineUnavailable(f"{path}: no such GGUF file (make one with `openhermes export MODEL --to gguf`)")
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx or 0, n_threads=n_threads, n_batch=512, verbose=False)
+        if lora is not None and not Path(lora).is_file():
+            raise EngineUnavailable(f"{lora}: no such LoRA GGUF file (make one with `openhermes export ADAPTER "
+                                    f"--to gguf-lora`)")
+        # A LoRA GGUF (export --to gguf-lora) is applied by llama.cpp on top of the base file, unmerged.
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx or 0, n_threads=n_threads, n_batch=512, verbose=False,
+                         lora_path=str(lora) if lora is not None else None)
         atexit.register(self.llm.close)  # freed before interpreter teardown, which its __del__ trips over
         self.name = name or path.name
         self.context_window = self.llm.n_ctx()

@@ -1,0 +1,60 @@
+"""What each GGUF type costs in quality: file size, perplexity and mean KL divergence from the f16 file, measured
+through llama.cpp (as its perplexity tool does) on held-out demo conversations.
+
+The model: the embedded default's recipe at 256 wide (K-quant blocks are 256 values: on the 128-wide default
+llama.cpp would fall back to legacy types for every tensor), trained from scratch here on the demo chat data.
+f16/q8_0/q4_0 come from openhermes's numpy writer, the rest from llama.cpp's quantizer.
+
+    .venv/bin/python benchmarks/quant_quality.py [--rows 2000] [--epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from _common import cpu_model_and_flags
+
+TYPES = ("f16", "q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "q4_0", "IQ4_XS", "Q3_K_M", "Q2_K")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=2000)
+    ap.add_argument("--epochs", type=float, default=2)
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+
+    import yaml
+
+    from openhermes.config import load_recipe
+    from openhermes.data import demo
+    from openhermes.export.gguf import export_gguf
+    from openhermes.export.quality import measure, table
+    from openhermes.train.run import train
+
+    work = Path(tempfile.mkdtemp(prefix="ohquant-"))
+    recipe = work / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "base_model": "tiny", "tiny": {"vocab_size": 1024, "hidden_size": 256, "intermediate_size": 768,
+                                       "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2},
+        "datasets": [{"path": f"demo:chat:{args.rows}", "type": "sharegpt"}], "sequence_len": 1024,
+        "sample_packing": True, "learning_rate": 0.002, "lr_scheduler": "cosine", "warmup_steps": 10,
+        "micro_batch_size": 4, "num_epochs": args.epochs, "logging_steps": 1000, "bf16": False}))
+    t = time.perf_counter()
+    model = train(load_recipe(recipe), work / "run", show_progress=True, cache=work / "cache").model_dir
+    print(f"trained in {time.perf_counter() - t:.0f} s")
+    items = [it for it in demo.held_out(train_chat=args.rows, train_roleplay=0) if it.kind != "roleplay"]
+    text = "\n".join(t["value"] for it in items for t in it.record["conversations"])
+    files = [export_gguf(model, work / f"model-{q}.gguf", q, progress=False) for q in TYPES]
+    results = measure(files, files[0], text)
+    name, flags = cpu_model_and_flags()
+    print(f"CPU: {name} ({' '.join(flags)}); held-out text: {results[0].tokens} scored tokens")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
