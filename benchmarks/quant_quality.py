@@ -1,8 +1,9 @@
 """What each GGUF type costs in quality: file size, perplexity and mean KL divergence from the f16 file, measured
 through llama.cpp (as its perplexity tool does) on held-out demo conversations.
 
-The model: the embedded default's recipe at 256 wide (K-quant blocks are 256 values: on the 128-wide default
-llama.cpp would fall back to legacy types for every tensor), trained from scratch here on the demo chat data.
+The model: a from-scratch model of the embedded default's kind at 256 wide (K-quant blocks are 256 values: on
+the 128-wide default llama.cpp would fall back to legacy types for every tensor), trained here on the demo chat
+data as a language model (train_on_inputs: every token, as the text is then scored, like a base model).
 f16/q8_0/q4_0 come from openhermes's numpy writer, the rest from llama.cpp's quantizer.
 
     .venv/bin/python benchmarks/quant_quality.py [--rows 2000] [--epochs 2]
@@ -32,8 +33,10 @@ def main() -> None:
 
     from openhermes.config import load_recipe
     from openhermes.data import demo
+    from openhermes.data.readers import from_sharegpt
     from openhermes.export.gguf import export_gguf
     from openhermes.export.quality import measure, table
+    from openhermes.formats import chatml
     from openhermes.train.run import train
 
     work = Path(tempfile.mkdtemp(prefix="ohquant-"))
@@ -42,13 +45,13 @@ def main() -> None:
         "base_model": "tiny", "tiny": {"vocab_size": 1024, "hidden_size": 256, "intermediate_size": 768,
                                        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2},
         "datasets": [{"path": f"demo:chat:{args.rows}", "type": "sharegpt"}], "sequence_len": 1024,
-        "sample_packing": True, "learning_rate": 0.002, "lr_scheduler": "cosine", "warmup_steps": 10,
-        "micro_batch_size": 4, "num_epochs": args.epochs, "logging_steps": 1000, "bf16": False}))
+        "sample_packing": True, "train_on_inputs": True, "learning_rate": 0.002, "lr_scheduler": "cosine",
+        "warmup_steps": 10, "micro_batch_size": 4, "num_epochs": args.epochs, "logging_steps": 1000, "bf16": False}))
     t = time.perf_counter()
     model = train(load_recipe(recipe), work / "run", show_progress=True, cache=work / "cache").model_dir
     print(f"trained in {time.perf_counter() - t:.0f} s")
     items = [it for it in demo.held_out(train_chat=args.rows, train_roleplay=0) if it.kind != "roleplay"]
-    text = "\n".join(t["value"] for it in items for t in it.record["conversations"])
+    text = "".join(chatml.render(from_sharegpt(it.record)) for it in items)
     files = [export_gguf(model, work / f"model-{q}.gguf", q, progress=False) for q in TYPES]
     results = measure(files, files[0], text)
     name, flags = cpu_model_and_flags()

@@ -170,7 +170,8 @@ def _model_or_default(model: str | None) -> str:
     return str(folder)
 
 
-def _engine(model: str | None, adapter: Path | None, device: str | None, kind: str = "torch"):
+def _engine(model: str | None, adapter: Path | None, device: str | None, kind: str = "torch",
+            prefix_cache_mb: float = 1024):
     from openhermes.infer.engine import Engine
     from openhermes.model.load import ModelLoadError
 
@@ -189,7 +190,7 @@ def _engine(model: str | None, adapter: Path | None, device: str | None, kind: s
     if kind != "torch":
         _fail(f"--engine {kind!r}: choose torch or llama.cpp")
     try:
-        return Engine.load(_model_or_default(model), adapter=adapter, device=device)
+        return Engine.load(_model_or_default(model), adapter=adapter, device=device, prefix_cache_mb=prefix_cache_mb)
     except ModelLoadError as e:
         _fail(str(e))
 
@@ -284,13 +285,16 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
           max_batch_size: int = typer.Option(16, help="Requests decoded together (continuous batching)."),
           max_queue: int = typer.Option(64, help="Requests allowed to wait; beyond that the server answers 503."),
           device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
-          engine: str = typer.Option("torch", help=ENGINE_HELP)) -> None:
+          engine: str = typer.Option("torch", help=ENGINE_HELP),
+          prefix_cache_mb: float = typer.Option(1024, help="Memory for the KV of recent prompts and replies, so a "
+                                                "client that resends the conversation prefills only the new part "
+                                                "(torch engine; 0 turns it off).")) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models) and a web chat at /."""
     import uvicorn
 
     from openhermes.serve.app import create_app
 
-    runner = _engine(model, adapter, device, engine)
+    runner = _engine(model, adapter, device, engine, prefix_cache_mb=prefix_cache_mb)
     runner.name = model_name or model or "openhermes-tiny"
     console.print(f"serving {runner.name} on http://{host}:{port}/ (API at /v1, metrics at /metrics)")
     batch = max_batch_size if engine == "torch" else runner.max_batch_size

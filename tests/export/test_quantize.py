@@ -10,9 +10,11 @@ import pytest
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[llamacpp]')")
 
 from openhermes.data import demo  # noqa: E402
+from openhermes.data.readers import from_sharegpt  # noqa: E402
 from openhermes.export.gguf import ExportError, export_gguf, is_openhermes_gguf  # noqa: E402
 from openhermes.export.gguf_lora import export_lora_gguf  # noqa: E402
 from openhermes.export.quality import measure  # noqa: E402
+from openhermes.formats import chatml  # noqa: E402
 
 pytestmark = pytest.mark.slow
 K_TYPES = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ4_XS")
@@ -21,7 +23,7 @@ K_TYPES = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ4_XS")
 def held_out_text(n: int = 40) -> str:
     """Demo conversations the model never trained on (the held-out items), as ChatML text."""
     items = [it for it in demo.held_out(train_chat=300, train_roleplay=0) if it.kind != "roleplay"][:n]
-    return "\n".join(t["value"] for it in items for t in it.record["conversations"])
+    return "".join(chatml.render(from_sharegpt(it.record)) for it in items)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def model256(tmp_path_factory):
         "base_model": "tiny", "tiny": {"vocab_size": 512, "hidden_size": 256, "intermediate_size": 512,
                                        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2},
         "datasets": [{"path": "demo:chat:300", "type": "sharegpt"}], "sequence_len": 512, "sample_packing": True,
-        "learning_rate": 0.003, "lr_scheduler": "constant", "micro_batch_size": 4, "num_epochs": 1,
+        "train_on_inputs": True, "learning_rate": 0.003, "lr_scheduler": "constant", "micro_batch_size": 4, "num_epochs": 1,
         "logging_steps": 100, "bf16": False}))
     result = train(load_recipe(recipe), root / "run", show_progress=False, cache=root / "cache")
     return result.model_dir

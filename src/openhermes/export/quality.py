@@ -41,11 +41,12 @@ def _logprobs(path: Path, chunks: list[list[int]], n_ctx: int) -> list[np.ndarra
 
 def chunk_tokens(reference: Path, text: str, n_ctx: int = 512) -> list[list[int]]:
     """The text tokenized by the reference file, cut into windows of n_ctx tokens (each with BOS first,
-    as llama-perplexity does)."""
+    as llama-perplexity does). Control tokens spelled in the text (`<|im_start|>`) are read as those
+    tokens, so a chat-formatted text is measured as the model sees chats."""
     import llama_cpp
 
     llm = llama_cpp.Llama(str(reference), n_ctx=n_ctx, vocab_only=True, verbose=False)
-    ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+    ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
     bos = llm.token_bos()
     step = n_ctx - 1
     return [[bos, *ids[i:i + step]] for i in range(0, len(ids), step) if len(ids[i:i + step]) > 1]

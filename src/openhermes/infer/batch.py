@@ -7,6 +7,8 @@ strings, join while others run, and can be cancelled.
 Layout: every row of the cache is [left padding][its real tokens], aligned on the right, with a
 2-D attention mask marking the padding and per-row position ids. A new sequence is prefilled
 alone (no padding, so exactly its unbatched computation) and then merged in by left-padding.
+With a PrefixCache, the prefill starts from the stored KV of the longest known prefix and computes
+only the rest; prompts after their prefill, and finished sequences, are stored for later requests.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from openhermes.infer.prefix_cache import PrefixCache
 from openhermes.infer.sequence import Sequence
 
 
@@ -29,8 +32,9 @@ def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
 
 
 class Batch:
-    def __init__(self, model):
+    def __init__(self, model, prefix_cache: PrefixCache | None = None):
         self.model = model
+        self.prefix_cache = prefix_cache
         self.device = next(model.parameters()).device
         self.rows: list[Sequence] = []
         self.cache: DynamicCache | None = None
@@ -49,7 +53,16 @@ class Batch:
             return
         ids = torch.tensor([seq.ids], device=self.device)
         cache = DynamicCache()
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        hit = self.prefix_cache.lookup(seq.ids) if self.prefix_cache is not None else None
+        start = 0
+        if hit is not None:
+            start, layers = hit
+            for i, (k, v) in enumerate(layers):
+                cache.update(k, v, i)
+        # Positions follow from the cache's length: the suffix is computed as if the prefix had just been.
+        out = self.model(input_ids=ids[:, start:], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        if self.prefix_cache is not None:
+            self.prefix_cache.store(seq.ids, [(layer.keys, layer.values) for layer in cache.layers])
         seq.advance(out.logits[0, -1])
         if seq.done:
             return
@@ -98,8 +111,19 @@ class Batch:
         if len(live) < len(self.rows):
             self._keep(live)
 
+    def _remember_finished(self, live: list[int]) -> None:
+        """Store each finished row's KV (prompt + reply): the client's next turn starts with both."""
+        for i, seq in enumerate(self.rows):
+            if i in live or seq.cancelled.is_set():
+                continue
+            n = int(self.mask[i].sum())
+            self.prefix_cache.store(seq.ids[:n], [(layer.keys[i:i + 1, :, -n:], layer.values[i:i + 1, :, -n:])
+                                                  for layer in self.cache.layers])
+
     def _keep(self, live: list[int]) -> None:
         """Drop finished rows, then the left columns that are padding in every remaining row."""
+        if self.prefix_cache is not None and self.cache is not None:
+            self._remember_finished(live)
         if not live:
             self.rows, self.cache, self.mask, self.positions = [], None, None, None
             return

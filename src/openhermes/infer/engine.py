@@ -17,6 +17,7 @@ from openhermes.data.tokenize import ConversationTokenizer
 from openhermes.formats import Conversation, Message, chatml
 from openhermes.formats.base import Roleplay
 from openhermes.infer.batch import Batch
+from openhermes.infer.prefix_cache import PrefixCache
 from openhermes.infer.sequence import ContextWindowError, GenerationRequest, GenerationResult, Sequence
 from openhermes.model.load import is_byte_token
 
@@ -160,8 +161,10 @@ class Engine(BaseEngine):
     """transformers: a model folder or hub id, optionally with a peft adapter on top."""
 
     def __init__(self, model, tokenizer, *, name: str = "model", max_batch_size: int = 16,
-                 context_window: int | None = None, add_bos: bool | None = None):
+                 context_window: int | None = None, add_bos: bool | None = None, prefix_cache_mb: float = 1024):
         self.model = model.eval()
+        # KV of recent prompts and replies reused across requests (infer/prefix_cache.py); 0 turns it off.
+        self.prefix_cache = PrefixCache(prefix_cache_mb) if prefix_cache_mb > 0 else None
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch_size = max_batch_size
@@ -209,7 +212,7 @@ class Engine(BaseEngine):
         return cls(model.to(device), tokenizer, name=Path(str(path)).name, **kwargs)
 
     def new_batch(self) -> Batch:
-        return Batch(self.model)
+        return Batch(self.model, self.prefix_cache)
 
     def grammar_tokenizer(self):
         return self.tokenizer

@@ -1,0 +1,118 @@
+"""The workload roleplay and chat clients make: each turn resends the whole conversation (SillyTavern sends the full
+history for every reply). 8 simulated users, each a 20-turn roleplay whose history grows to ~2k tokens, 64-token
+replies, all at once against a real `openhermes serve` process over loopback; run twice in one go, with prefix
+reuse (the default) and without (`--prefix-cache-mb 0`). Prints time to first token (p50, p95) and aggregate
+generated tokens/s, and the ratios (targets: TTFT p50 >= 5x better, tokens/s >= 2x).
+
+    python benchmarks/chat_workload.py [--model runs/tiny/model] [--users 8] [--turns 20] [--tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from _common import WORDS, cpu_model_and_flags, embedded_model_folder
+from serve_load import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def persona(user: int) -> str:
+    """A character card's worth of system prompt (~120 tokens), different per user."""
+    words = [WORDS[(user * 7 + i * 3) % len(WORDS)] for i in range(90)]
+    return f"You are Aria {user}, a knight of the northern march. Persona: " + " ".join(words) + "."
+
+
+async def conversation(client: httpx.AsyncClient, url: str, user: int, turns: int, tokens: int) -> list[dict]:
+    history = [{"role": "system", "content": persona(user)}]
+    out = []
+    for t in range(turns):
+        history.append({"role": "user", "content": f"Turn {t}: I draw my sword and look at the gate {user}."})
+        body = {"messages": history, "stream": True, "max_tokens": tokens, "ignore_eos": True, "temperature": 0,
+                "stream_options": {"include_usage": True}}
+        start, first, usage, text = time.perf_counter(), None, None, []
+        async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                raise SystemExit(f"user {user} turn {t}: {r.status_code} {(await r.aread()).decode()[:300]}")
+            async for line in r.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk["choices"] and (piece := chunk["choices"][0]["delta"].get("content")):
+                    first = first if first is not None else time.perf_counter() - start
+                    text.append(piece)
+                usage = chunk.get("usage") or usage
+        history.append({"role": "assistant", "content": "".join(text)})
+        out.append({"ttft": first or 0.0, "tokens": usage["completion_tokens"], "prompt": usage["prompt_tokens"]})
+    return out
+
+
+async def workload(url: str, users: int, turns: int, tokens: int) -> tuple[list[dict], float]:
+    start = time.perf_counter()
+    async with httpx.AsyncClient(timeout=1200) as client:
+        per_user = await asyncio.gather(*(conversation(client, url, u, turns, tokens) for u in range(users)))
+    return [r for rs in per_user for r in rs], time.perf_counter() - start
+
+
+def serve_and_run(folder: Path, args, prefix_cache_mb: float) -> tuple[list[dict], float]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "openhermes.cli", "serve", str(folder), "--port", str(port),
+                               "--max-batch-size", str(max(16, args.users)), "--prefix-cache-mb", str(prefix_cache_mb)],
+                              env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        asyncio.run(workload(url, 1, 1, 8))  # warm-up (a different persona index would not matter)
+        return asyncio.run(workload(url, args.users, args.turns, args.tokens))
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def summary(name: str, results: list[dict], wall: float) -> tuple[float, float]:
+    ttft = sorted(r["ttft"] for r in results)
+    tps = sum(r["tokens"] for r in results) / wall
+    p95 = ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))]
+    print(f"{name:<22} ttft p50 {statistics.median(ttft) * 1000:7.0f} ms  p95 {p95 * 1000:7.0f} ms   "
+          f"{tps:7,.0f} generated tok/s   wall {wall:6.1f} s")
+    return statistics.median(ttft), tps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=ROOT / "runs" / "tiny" / "model")
+    ap.add_argument("--users", type=int, default=8)
+    ap.add_argument("--turns", type=int, default=20)
+    ap.add_argument("--tokens", type=int, default=64)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = embedded_model_folder(args.model, Path(tmp))
+        warm = serve_and_run(folder, args, 1024)
+        cold = serve_and_run(folder, args, 0)
+    name, flags = cpu_model_and_flags()
+    prompts = [r["prompt"] for r in warm[0]]
+    print(f"CPU: {name} ({' '.join(flags)}); model {folder}; {args.users} users x {args.turns} turns x {args.tokens} "
+          f"tokens; prompts {min(prompts)}..{max(prompts)} tokens (mean {statistics.mean(prompts):.0f})")
+    ttft_w, tps_w = summary("with prefix reuse", *warm)
+    ttft_c, tps_c = summary("without", *cold)
+    print(f"time to first token p50: {ttft_c / ttft_w:.2f}x better (target >= 5x); "
+          f"aggregate tokens/s: {tps_w / tps_c:.2f}x (target >= 2x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""KV caches of recent prompts and replies, so a request that repeats a known prefix prefills only the rest.
+
+Chat clients resend the whole conversation every turn (SillyTavern sends the full history for each reply):
+without this, every turn prefills thousands of tokens again. vLLM (automatic prefix caching) and llama.cpp
+(`cache_prompt`) reuse the shared prefix; this is the same idea for our PyTorch engine, ours because its
+decode loop is ours (batch.py). Entries are whole sequences (a prompt after its prefill, a prompt plus its
+reply when it finishes); a lookup takes the entry sharing the longest prefix with the new prompt. Bounded by
+a memory budget, least recently used out first."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+MIN_REUSE = 16  # shorter shared prefixes are not worth a lookup's copy
+
+
+class PrefixCache:
+    def __init__(self, budget_mb: float = 1024, max_entries: int = 256):
+        self.budget = int(budget_mb * 2**20)
+        self.max_entries = max_entries
+        self.entries: OrderedDict[tuple[int, ...], tuple[np.ndarray, list[tuple[torch.Tensor, torch.Tensor]]]] = \
+            OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.reused_tokens = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _size(layers) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+
+    def lookup(self, ids: list[int]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+        """(n, per-layer (keys, values) of the first n tokens) for the longest stored prefix of `ids`,
+        leaving at least one token to compute (its logits are the next token's); None if none is useful."""
+        if not self.entries or len(ids) <= MIN_REUSE:
+            return None
+        want = np.asarray(ids)
+        with self._lock:
+            best, best_key = 0, None
+            for key, (stored, _) in self.entries.items():
+                m = min(len(stored), len(want) - 1)
+                diff = np.flatnonzero(stored[:m] != want[:m])
+                n = int(diff[0]) if len(diff) else m
+                if n > best:
+                    best, best_key = n, key
+            if best < MIN_REUSE:
+                return None
+            self.entries.move_to_end(best_key)
+            layers = self.entries[best_key][1]
+            self.hits += 1
+            self.reused_tokens += best
+            return best, [(k[:, :, :best], v[:, :, :best]) for k, v in layers]
+
+    def store(self, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Keep the KV of `ids` (one row: (1, heads, len(ids), dim) per layer); copied, so later changes
+        to the batch's cache never reach it."""
+        if len(ids) <= MIN_REUSE or self.budget <= 0:
+            return
+        layers = [(k.detach().clone(), v.detach().clone()) for k, v in layers]
+        size = self._size(layers)
+        if size > self.budget:
+            return
+        key = tuple(ids)
+        with self._lock:
+            if key in self.entries:
+                self.entries.move_to_end(key)
+                return
+            # An entry that is a prefix of this one is now redundant: this one answers every lookup it did.
+            for old in [k for k in self.entries if len(k) < len(key) and key[:len(k)] == k]:
+                self.bytes -= self._size(self.entries.pop(old)[1])
+            self.entries[key] = (np.asarray(ids), layers)
+            self.bytes += size
+            while self.bytes > self.budget or len(self.entries) > self.max_entries:
+                _, (_, gone) = self.entries.popitem(last=False)
+                self.bytes -= self._size(gone)

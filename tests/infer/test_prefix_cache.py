@@ -1,0 +1,62 @@
+"""Prefix reuse across requests: a chat client resends the whole history each turn; the engine prefills only
+the new part, with the same result as a cold prefill."""
+
+import pytest
+
+from openhermes.infer.engine import Engine
+from openhermes.infer.prefix_cache import PrefixCache
+from openhermes.infer.sampling import PRESETS
+from openhermes.infer.sequence import GenerationRequest
+
+SYSTEM = {"role": "system", "content": "You are Aria, a knight of the northern march. " * 6}
+
+
+def _turns(engine, n_turns=4, reply_tokens=12):
+    """A client's conversation: each request is the whole history plus a new user message."""
+    history, outs = [SYSTEM], []
+    for t in range(n_turns):
+        history.append({"role": "user", "content": f"Turn {t}: tell me about the castle and the river {t}."})
+        req = GenerationRequest(engine.chat_prompt(history), PRESETS["greedy"], reply_tokens, logprobs=3)
+        (res,) = engine.generate([req])
+        outs.append(res)
+        history.append({"role": "assistant", "content": res.text})
+    return outs
+
+
+def test_reused_prefixes_give_the_cold_prefill_result(chat_model, chatml_tokenizer):
+    cold = Engine(chat_model, chatml_tokenizer, prefix_cache_mb=0)
+    warm = Engine(chat_model, chatml_tokenizer, prefix_cache_mb=64)
+    a, b = _turns(cold), _turns(warm)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        for la, lb in zip(ra.logprobs, rb.logprobs, strict=True):
+            assert la.token == lb.token and la.logprob == pytest.approx(lb.logprob, abs=1e-4)
+    cache = warm.prefix_cache
+    prompt_lengths = [r.prompt_tokens for r in b]
+    assert cache.hits == 3  # every turn after the first
+    assert cache.reused_tokens >= sum(prompt_lengths[:-1])  # each turn reused at least the previous prompt
+
+
+def test_lru_keeps_the_cache_under_its_budget(chat_model, chatml_tokenizer):
+    engine = Engine(chat_model, chatml_tokenizer, prefix_cache_mb=0.2)
+    for i in range(12):
+        prompt = engine.chat_prompt([{"role": "user", "content": f"conversation {i}: " + "words " * 40}])
+        engine.generate([GenerationRequest(prompt, PRESETS["greedy"], 4)])
+    cache = engine.prefix_cache
+    assert 0 < cache.bytes <= cache.budget
+    assert len(cache.entries) < 12  # the oldest went first
+
+
+def test_lookup_never_takes_the_whole_prompt():
+    import torch
+
+    cache = PrefixCache(16)
+    ids = list(range(40))
+    kv = [(torch.randn(1, 2, 40, 4), torch.randn(1, 2, 40, 4))]
+    cache.store(ids, kv)
+    n, layers = cache.lookup(ids)
+    assert n == 39 and layers[0][0].shape[2] == 39  # one token left to compute its logits
+    assert torch.equal(layers[0][0], kv[0][0][:, :, :39])
+    assert cache.lookup(list(range(100, 140))) is None
+    n, _ = cache.lookup(ids[:30] + [999] * 10)
+    assert n == 30
