@@ -59,11 +59,10 @@ def main() -> None:
         set_seed(recipe.seed)
         model = AutoModelForCausalLM.from_pretrained(base)
         model.resize_token_embeddings(len(tok))
-        # Packed rows hold about as many tokens as ours (sequence_len x our micro batch of rows).
-        batch = 1 if extra.get("packing") else args.batch
-        length = recipe.sequence_len * (args.batch if extra.get("packing") else 1)
-        cfg = SFTConfig(output_dir=str(work / name), per_device_train_batch_size=batch, max_steps=args.steps,
-                        learning_rate=recipe.learning_rate, lr_scheduler_type="constant", max_length=length,
+        # The same shape as ours: micro batch 8 of sequence_len (packed: 8 packed rows, which TRL's padding-free
+        # collator then lays end to end in one row with position_ids).
+        cfg = SFTConfig(output_dir=str(work / name), per_device_train_batch_size=args.batch, max_steps=args.steps,
+                        learning_rate=recipe.learning_rate, lr_scheduler_type="constant", max_length=recipe.sequence_len,
                         assistant_only_loss=True, report_to=[], logging_steps=1000, save_strategy="no", use_cpu=True,
                         disable_tqdm=True, seed=recipe.seed, bf16=use_bf16(recipe.bf16), **extra)  # our precision
         trl = SFTTrainer(model=model, args=cfg, train_dataset=datasets.Dataset.from_list(rows),
