@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow
 K_TYPES = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ4_XS")
 
 
-def held_out_text(n: int = 40) -> str:
+def held_out_text(n: int = 120) -> str:
     """Demo conversations the model never trained on (the held-out items), as ChatML text."""
-    items = [it for it in demo.held_out(train_chat=300, train_roleplay=0) if it.kind != "roleplay"][:n]
+    items = [it for it in demo.held_out(train_chat=800, train_roleplay=0) if it.kind != "roleplay"][:n]
     return "".join(chatml.render(from_sharegpt(it.record)) for it in items)
 
 
@@ -39,8 +39,8 @@ def model256(tmp_path_factory):
     recipe.write_text(yaml.safe_dump({
         "base_model": "tiny", "tiny": {"vocab_size": 512, "hidden_size": 256, "intermediate_size": 512,
                                        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2},
-        "datasets": [{"path": "demo:chat:300", "type": "sharegpt"}], "sequence_len": 512, "sample_packing": True,
-        "train_on_inputs": True, "learning_rate": 0.003, "lr_scheduler": "constant", "micro_batch_size": 4, "num_epochs": 1,
+        "datasets": [{"path": "demo:chat:800", "type": "sharegpt"}], "sequence_len": 512, "sample_packing": True,
+        "train_on_inputs": True, "learning_rate": 0.003, "lr_scheduler": "constant", "micro_batch_size": 4, "num_epochs": 2,
         "logging_steps": 100, "bf16": False}))
     result = train(load_recipe(recipe), root / "run", show_progress=False, cache=root / "cache")
     return result.model_dir
@@ -57,8 +57,8 @@ def test_every_k_quant_loads_and_starts_like_f16(exports):
     import gguf
 
     _, files = exports
-    prompts = ["<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n",
-               "<|im_start|>user\nRepeat exactly: apple river<|im_end|>\n<|im_start|>assistant\n"]
+    items = [it for it in demo.held_out(train_chat=800, train_roleplay=0) if it.kind != "roleplay"][:4]
+    prompts = [chatml.render(from_sharegpt(it.record), add_generation_prompt=True) for it in items]
 
     def greedy(path, n=4):
         llm = llama_cpp.Llama(str(path), n_ctx=256, verbose=False, seed=0)
