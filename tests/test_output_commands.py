@@ -76,7 +76,9 @@ def test_export_out(tmp_path, chat_model_dir):
     again = run("export", str(chat_model_dir), "--out", str(target), "--type", "q8_0")  # ours: replaced
     assert again.returncode == 0, again.stderr
     assert target.stat().st_size < first
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf"]
+    # Beside it: our model card; nothing else (no staging file left behind).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "model.gguf"]
+    assert "written by openhermes" in (tmp_path / "README.md").read_text()
 
 
 def test_eval_output(tmp_path, chat_model_dir):

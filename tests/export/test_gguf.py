@@ -81,4 +81,4 @@ def test_unsupported_architecture_is_a_clear_error(chat_model_dir, tmp_path):
     with pytest.raises(ExportError, match="GPT2LMHeadModel is not supported"):
         export_gguf(folder, tmp_path / "x.gguf")
     with pytest.raises(ExportError, match="--type"):
-        export_gguf(chat_model_dir, tmp_path / "x.gguf", "q2_k")
+        export_gguf(chat_model_dir, tmp_path / "x.gguf", "q9_9")
