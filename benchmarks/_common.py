@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
+import socket
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -113,3 +118,32 @@ def cpu_model_and_flags() -> tuple[str, list[str]]:
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
     flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
     return model, [f for f in flags if f.startswith(("avx", "amx")) or f in ("fma",)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(folder: Path, *serve_args: str) -> Iterator[str]:
+    """A real `openhermes serve FOLDER` process on a free loopback port, ready (its /health answers);
+    yields its URL and stops it afterwards."""
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "openhermes.cli", "serve", str(folder), "--port", str(port),
+                               *serve_args], env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -12,17 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from _common import WORDS, cpu_model_and_flags, embedded_model_folder
-from serve_load import free_port
+from _common import WORDS, cpu_model_and_flags, embedded_model_folder, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,23 +61,10 @@ async def workload(url: str, users: int, turns: int, tokens: int) -> tuple[list[
 
 
 def serve_and_run(folder: Path, args, prefix_cache_mb: float) -> tuple[list[dict], float]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "openhermes.cli", "serve", str(folder), "--port", str(port),
-                               "--max-batch-size", str(max(16, args.users)), "--prefix-cache-mb", str(prefix_cache_mb)],
-                              env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with running_server(folder, "--max-batch-size", str(max(16, args.users)),
+                        "--prefix-cache-mb", str(prefix_cache_mb)) as url:
         asyncio.run(workload(url, 1, 1, 8))  # warm-up (a different persona index would not matter)
         return asyncio.run(workload(url, args.users, args.turns, args.tokens))
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def summary(name: str, results: list[dict], wall: float) -> tuple[float, float]:

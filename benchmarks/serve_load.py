@@ -12,25 +12,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from _common import embedded_model_folder
+from _common import embedded_model_folder, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def one_request(client: httpx.AsyncClient, url: str, i: int, tokens: int) -> dict:
@@ -88,27 +78,12 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = embedded_model_folder(args.model, Path(tmp))
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen([sys.executable, "-m", "openhermes.cli", "serve", str(folder), "--port", str(port),
-                                   "--max-batch-size", str(max(16, args.clients))],
-                                  env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
-        try:
-            for _ in range(600):
-                try:
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
+        with running_server(folder, "--max-batch-size", str(max(16, args.clients))) as url:
             asyncio.run(run(url, 2, 1, 8))  # warm-up
             print(f"model {folder}; {args.requests} requests x {args.tokens} tokens (greedy, eos ignored)")
             seq = summary("one at a time", *asyncio.run(run(url, args.requests, 1, args.tokens)))
             con = summary(f"{args.clients} clients", *asyncio.run(run(url, args.requests, args.clients, args.tokens)))
             print(f"aggregate throughput: {con / seq:.2f}x with {args.clients} concurrent clients (target >= 3x)")
-        finally:
-            server.terminate()
-            server.wait(10)
-
 
 if __name__ == "__main__":
     main()

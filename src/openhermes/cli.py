@@ -331,7 +331,7 @@ def export(model: Path = typer.Argument(..., help="A model folder (full fine-tun
             path = export_gguf(model, out, type_, overwrite=overwrite)
         console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
         if check is not None and to == "gguf":
-            _check_quality(model, path, check)
+            _check_quality(model, path, check, is_f16=type_.lower() == "f16")
         if card:
             from openhermes.export.card import write_card
 
@@ -342,7 +342,7 @@ def export(model: Path = typer.Argument(..., help="A model folder (full fine-tun
         _fail(str(e))
 
 
-def _check_quality(model: Path, path: Path, text_file: Path) -> None:
+def _check_quality(model: Path, path: Path, text_file: Path, is_f16: bool) -> None:
     import tempfile
 
     from openhermes.export.card import record_quality
@@ -351,7 +351,8 @@ def _check_quality(model: Path, path: Path, text_file: Path) -> None:
 
     text = text_file.read_text(encoding="utf-8")
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        reference = export_gguf(model, Path(tmp) / "reference-f16.gguf", "f16", progress=False)
+        # The f16 reference: the file itself when it is f16, else an f16 export beside it.
+        reference = path if is_f16 else export_gguf(model, Path(tmp) / "reference-f16.gguf", "f16", progress=False)
         (result,) = measure([path], reference, text)
     console.print(table([result]))
     record_quality(path.parent, [{"file": path.name, "perplexity": result.perplexity, "kl_mean": result.kl_mean,

@@ -10,13 +10,12 @@ import pytest
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[llamacpp]')")
 spm = pytest.importorskip("sentencepiece")
 
-from conftest import demo_texts  # noqa: E402
-
 from openhermes.config import load_recipe  # noqa: E402
 from openhermes.export.gguf import ExportError, export_gguf  # noqa: E402
 from openhermes.export.merge import merge_adapter  # noqa: E402
 from openhermes.formats import Conversation, Message, chatml  # noqa: E402
 from openhermes.train.run import train  # noqa: E402
+from tests.conftest import demo_texts  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 
@@ -33,3 +34,13 @@ def small_recipe(tmp_path, tiny_base):
         return p
 
     return make
+
+
+def kill_when(proc, path, kill, timeout: float = 300) -> None:
+    """Wait until `path` (a checkpoint) exists while the run is still going, then kill it with `kill()`."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
+        time.sleep(0.05)
+    kill()
+    proc.wait()

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tests.train.conftest import kill_when
+
 
 def _launch(recipe, out, *extra):
     """`openhermes train --nproc 2` in its own session, so a kill takes the launcher and both ranks."""
@@ -35,7 +37,6 @@ def test_two_process_full_run_saves_the_gathered_weights_and_resumes_after_sigki
     uninterrupted 2-process run: every rank's RNG and the data order restored."""
     import os
     import signal
-    import time
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -63,12 +64,7 @@ def test_two_process_full_run_saves_the_gathered_weights_and_resumes_after_sigki
 
     cut = tmp_path / "cut"
     proc = _launch(recipe, cut)
-    deadline = time.time() + 300
-    while not (cut / "checkpoint-4").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, cut / "checkpoint-4", lambda: os.killpg(proc.pid, signal.SIGKILL))
     assert not (cut / "model").exists()
     _finish(_launch(recipe, cut, "--resume"))
     resumed = _tensors(cut / "model" / "model.safetensors")

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from safetensors.torch import load_file
 from openhermes.config import load_recipe
 from openhermes.model.load import ModelLoadError, load_model
 from openhermes.train.run import train
+from tests.train.conftest import kill_when
 
 
 def test_full_run_writes_a_loadable_model_folder_log_and_plot(small_recipe, tmp_path):
@@ -56,12 +56,7 @@ def test_sigkill_then_resume_ends_with_the_same_weights(small_recipe, tmp_path):
 
     cut = tmp_path / "cut"
     proc = _cli(recipe, cut)
-    deadline = time.time() + 300
-    while not (cut / "checkpoint-6").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, cut / "checkpoint-6", lambda: proc.send_signal(signal.SIGKILL))
     assert not (cut / "model").exists()
     assert _cli(recipe, cut, "--resume").wait(timeout=300) == 0
 

@@ -21,10 +21,16 @@ from openhermes.formats.limarp import LENGTHS
 AUTO_QUANTILES = (0.0, 0.05, 0.15, 0.35, 0.65, 0.85, 0.93, 0.97, 0.99, 0.997)
 
 
-def reply_length(text: str, unit: str, tokenizer=None) -> int:
+def measure(convs: list[Conversation], unit: str, tokenizer=None) -> dict[tuple[int, int], int]:
+    """Each character reply's length in `unit`, by (conversation, turn): measured once for both the
+    assignment and the histogram (tokens: one batched tokenizer call)."""
+    where = [(ci, ti) for ci, conv in enumerate(convs) for ti, m in enumerate(conv.messages) if m.role == "assistant"]
+    texts = [convs[ci].messages[ti].content for ci, ti in where]
     if unit == "words":
-        return len(text.split())
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        sizes = [len(t.split()) for t in texts]
+    else:
+        sizes = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    return dict(zip(where, sizes, strict=True))
 
 
 def auto_bins(lengths: list[int]) -> dict[str, int]:
@@ -58,15 +64,12 @@ def _omitted(seed: int, reply: str, turn: int, p: float) -> bool:
     return random.Random(h).random() < p
 
 
-def assign(convs: list[Conversation], spec, seed: int, tokenizer=None) -> dict:
+def assign(convs: list[Conversation], spec, seed: int, sizes: dict[tuple[int, int], int]) -> dict:
     """Give every character reply without a modifier (every one, with `replace`) the modifier of its
-    length's bin, leaving it out with probability `omit`. Changes `convs` in place; returns the
-    report: unit, the bins with counts, and how many were omitted or kept from the rows."""
-    measured: list[tuple[int, int, int]] = []  # (conversation, turn, length) for replies to assign
-    for ci, conv in enumerate(convs):
-        for ti, m in enumerate(conv.messages):
-            if m.role == "assistant" and (spec.replace or m.length is None):
-                measured.append((ci, ti, reply_length(m.content, spec.unit, tokenizer)))
+    length's bin (`sizes`: from `measure`), leaving it out with probability `omit`. Changes `convs` in
+    place; returns the report: unit, the bins, and how many were assigned or omitted."""
+    measured = [(ci, ti, n) for (ci, ti), n in sizes.items()
+                if spec.replace or convs[ci].messages[ti].length is None]
     bins = auto_bins([n for *_, n in measured]) if spec.bins == "auto" else dict(spec.bins)
     omitted = 0
     for ci, ti, n in measured:
@@ -79,15 +82,14 @@ def assign(convs: list[Conversation], spec, seed: int, tokenizer=None) -> dict:
     return {"unit": spec.unit, "bins": bins, "assigned": len(measured) - omitted, "omitted": omitted}
 
 
-def histogram(convs: list[Conversation], bins: dict[str, int] | None, unit: str, tokenizer=None) -> list[dict]:
-    """Per modifier: how many replies carry it, and their mean length (in `unit`)."""
+def histogram(convs: list[Conversation], bins: dict[str, int] | None,
+              sizes: dict[tuple[int, int], int]) -> list[dict]:
+    """Per modifier: how many replies carry it, and their mean length (`sizes`: from `measure`)."""
     count, total = Counter(), Counter()
-    for conv in convs:
-        for m in conv.messages:
-            if m.role == "assistant":
-                key = m.length or "(none)"
-                count[key] += 1
-                total[key] += reply_length(m.content, unit, tokenizer)
+    for (ci, ti), n in sizes.items():
+        key = convs[ci].messages[ti].length or "(none)"
+        count[key] += 1
+        total[key] += n
     order = [m for m in LENGTHS if m in count] + (["(none)"] if "(none)" in count else [])
     edges = sorted((bins or {}).items(), key=lambda kv: kv[1])
     upper = {name: (edges[i + 1][1] if i + 1 < len(edges) else None) for i, (name, _) in enumerate(edges)}

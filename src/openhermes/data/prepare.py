@@ -207,7 +207,7 @@ def _roleplay_sets(recipe, tokenizer, paths: list[str], report: checks.DropRepor
                    stats: dict) -> dict[int, list]:
     """The LimaRP-format data sets, read and checked up front (they are small): their length
     modifiers are assigned from the whole data's distribution, then each row is copied once per
-    arrangement. Fills stats["length_modifiers"] and stats["arrangements"]."""
+    arrangement. Fills stats["length_modifiers"]."""
     sets: dict[int, list] = {}
     for i, (spec, path) in enumerate(zip(recipe.datasets, paths, strict=True)):
         if (spec.format or recipe.prompt_format) == "limarp":
@@ -218,11 +218,11 @@ def _roleplay_sets(recipe, tokenizer, paths: list[str], report: checks.DropRepor
         return sets
     convs = [c for convs in sets.values() for c in convs]
     spec = recipe.limarp_length_modifiers
-    assigned = lengths.assign(convs, spec, recipe.seed, tokenizer) if spec is not None else {}
     unit = spec.unit if spec is not None else "words"
+    sizes = lengths.measure(convs, unit, tokenizer)
+    assigned = lengths.assign(convs, spec, recipe.seed, sizes) if spec is not None else {}
     stats["length_modifiers"] = assigned | {"unit": unit,
-                                            "histogram": lengths.histogram(convs, assigned.get("bins"), unit, tokenizer)}
-    stats["arrangements"] = {}
+                                            "histogram": lengths.histogram(convs, assigned.get("bins"), sizes)}
     first, *others = recipe.limarp_arrangements
     for i, convs in sets.items():
         rows = []
@@ -388,8 +388,8 @@ def prepare(recipe, tokenizer, out_dir: str | Path | None = None, strict: bool =
     if val:
         parts["validation"] = _to_dataset(val, recipe, recipe.seed, f"{key}-validation")[0]
     stats = _stats(key, recipe, report, samples, len(train_ds), len(val), efficiency, shares) | roleplay_stats
-    if "arrangements" in roleplay_stats:  # samples per arrangement, over the LimaRP-format sets
-        roleplay = {d.report_name for d in recipe.datasets if (d.format or recipe.prompt_format) == "limarp"}
+    roleplay = {d.report_name for d in recipe.datasets if (d.format or recipe.prompt_format) == "limarp"}
+    if roleplay:  # samples per arrangement, over the LimaRP-format sets
         first = recipe.limarp_arrangements[0]
         stats["arrangements"] = dict(Counter(s.variant or first for s in samples if s.dataset in roleplay))
     _write(out, parts, stats, tokenizer, key, overwrite)

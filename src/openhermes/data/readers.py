@@ -70,12 +70,9 @@ def _turns(turns: Any, role_key: str, text_key: str) -> list[Message]:
         if name is None:
             raise BadRow("unknown role", f"turn {i} has role {role!r}")
         weight = t.get("weight")  # OpenHermes-2.5 rows carry it (mostly null); axolotl: 0 = not trained
-        if weight is None:
-            out.append(Message(name, _text(t[key], f"turn {i}")))
-        elif isinstance(weight, int | float) and weight in (0, 1):
-            out.append(Message(name, _text(t[key], f"turn {i}"), trained=False if weight == 0 else None))
-        else:
+        if weight is not None and not (isinstance(weight, int | float) and weight in (0, 1)):
             raise BadRow("malformed record", f"turn {i} weight is {weight!r}; use 0 (not trained), 1 or null")
+        out.append(Message(name, _text(t[key], f"turn {i}"), trained=False if weight == 0 else None))
     return out
 
 

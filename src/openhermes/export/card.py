@@ -36,13 +36,14 @@ def _gguf_facts(path: Path) -> dict | None:
     if MARK_KEY not in f:
         return None
 
-    def text(key: str) -> str | None:
-        return bytes(f[key].parts[f[key].data[0]]).decode() if key in f else None
+    def value(key: str):
+        return f[key].contents() if key in f else None
 
-    ftype = int(f["general.file_type"].parts[f["general.file_type"].data[0]][0]) if "general.file_type" in f else -1
+    ftype = value("general.file_type")
+    ftype = -1 if ftype is None else ftype
     name = {v.value: v.name.removeprefix("MOSTLY_") for v in gguf.LlamaFileType}.get(ftype, str(ftype))
-    return {"file": path.name, "type": name, "size": path.stat().st_size, "name": text("general.name"),
-            "template": text("tokenizer.chat_template"), "lora": text("adapter.type") == "lora"}
+    return {"file": path.name, "type": name, "size": path.stat().st_size, "name": value("general.name"),
+            "template": value("tokenizer.chat_template"), "lora": value("adapter.type") == "lora"}
 
 
 def record_quality(folder: Path, rows: list[dict]) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# Our own numpy writer handles these; every other name goes to llama.cpp's quantizer.
-NUMPY_TYPES = ("f16", "q8_0", "q4_0")
+from openhermes.export.gguf import TYPES as NUMPY_TYPES  # our numpy writer's; the rest go to llama.cpp
+
 LLAMA_TYPES = ("Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
                "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS")
 # Types whose tensors need an importance matrix in llama.cpp (refused without one).

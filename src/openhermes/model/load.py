@@ -50,9 +50,14 @@ def load_tokenizer(name_or_path: str | Path, prompt_format: str = "chatml", extr
 
 
 def save_tokenizer(tokenizer, folder: str | Path) -> None:
-    """save_pretrained, plus the base's SentencePiece `tokenizer.model` (transformers writes only
-    tokenizer.json): GGUF export takes the real piece scores from it, and SentencePiece tools need it."""
+    """save_pretrained, plus the base's SentencePiece `tokenizer.model` (keep_sentencepiece_model)."""
     tokenizer.save_pretrained(str(folder))
+    keep_sentencepiece_model(tokenizer, folder)
+
+
+def keep_sentencepiece_model(tokenizer, folder: str | Path) -> None:
+    """Copy the base's SentencePiece `tokenizer.model` into a saved folder (transformers writes only
+    tokenizer.json): GGUF export takes the real piece scores from it, and SentencePiece tools need it."""
     source = getattr(tokenizer, "vocab_file", None)
     target = Path(folder) / "tokenizer.model"
     if source and Path(source).name == "tokenizer.model" and Path(source).is_file() and not target.exists():

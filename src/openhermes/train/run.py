@@ -20,7 +20,7 @@ from openhermes.data.prepare import DEFAULT_CACHE, Prepared, prepare, resolve_da
 from openhermes.data.readers import read_records
 from openhermes.formats import get_format
 from openhermes.model import tiny
-from openhermes.model.load import apply_lora, load_model, load_tokenizer, save_tokenizer, use_bf16, weight_dtype
+from openhermes.model.load import apply_lora, keep_sentencepiece_model, load_model, load_tokenizer, use_bf16, weight_dtype
 from openhermes.train.callbacks import ProgressAndLog, TokenCounter, plot_loss
 from openhermes.train.collate import PackedCollator
 from openhermes.train.neftune import PackedNEFTune
@@ -248,7 +248,7 @@ def save_final(trainer: Trainer, tokenizer, out_dir: Path, is_adapter: bool, ove
         for entry in staging.iterdir():
             if entry.name != "training_args.bin":  # the trainer's, not part of a model folder
                 os.replace(entry, tmp / entry.name)
-        save_tokenizer(tokenizer, tmp)  # tokenizer.model beside tokenizer.json
+        keep_sentencepiece_model(tokenizer, tmp)  # save_model wrote tokenizer.json; tokenizer.model beside it
         if not is_adapter:
             model.generation_config.save_pretrained(tmp)
 
