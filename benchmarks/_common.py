@@ -112,6 +112,22 @@ def embedded_model_folder(path: Path | None, tmp: Path) -> Path:
     return tmp / "model"
 
 
+def wider_model_folder(tokenizer_folder: Path, out: Path, hidden: int = 1024, layers: int = 12) -> Path:
+    """A Mistral-shaped model with random weights (about 160M parameters at the defaults) and the embedded
+    default's tokenizer: big enough that each decode step reads its weights from memory, as a 7B model's
+    do, so serving speed is the model's and not the HTTP path's. Speed does not depend on what weights learned."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(tokenizer_folder)
+    config.update({"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": hidden // 64,
+                   "num_key_value_heads": hidden // 256, "head_dim": 64, "intermediate_size": hidden * 7 // 2})
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_folder).save_pretrained(out)
+    return out
+
+
 def cpu_model_and_flags() -> tuple[str, list[str]]:
     """The CPU's model name and its vector instruction sets (AVX2, AVX-512, AMX): README figures name them."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
@@ -130,19 +146,29 @@ def free_port() -> int:
 def running_server(folder: Path, *serve_args: str) -> Iterator[str]:
     """A real `openhermes serve FOLDER` process on a free loopback port, ready (its /health answers);
     yields its URL and stops it afterwards."""
+    port = free_port()
+    with running_process([sys.executable, "-m", "openhermes.cli", "serve", str(folder), "--port", str(port),
+                          *serve_args], port) as url:
+        yield url
+
+
+@contextmanager
+def running_process(cmd: list[str], port: int) -> Iterator[str]:
+    """A server command listening on loopback `port`, ready (its /health answers 200); yields its URL."""
     import httpx
 
-    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "openhermes.cli", "serve", str(folder), "--port", str(port),
-                               *serve_args], env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
+    server = subprocess.Popen(cmd, env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
     try:
         for _ in range(600):
+            if server.poll() is not None:
+                raise SystemExit(f"{cmd[0]} exited with {server.returncode}")
             try:
                 if httpx.get(url + "/health", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         yield url
     finally:
         server.terminate()

@@ -4,7 +4,15 @@ N concurrent streaming clients (each sends its share of the requests back to bac
 requests sent one at a time. Prints p50/p95 latency, time to first token, aggregate generated
 tokens per second, and the ratio (target >= 3x with 8 clients).
 
+`--engine llama.cpp` serves the model as an f16 GGUF (exported first) with `--parallel CLIENTS`; with
+`--llama-server PATH` the same concurrent load also goes to llama.cpp's own server on the same GGUF
+(`-np CLIENTS`, same threads and context per sequence; build it with scripts/build_llama_server.sh).
+`--wider` serves a ~160M-parameter Mistral-shaped model with random weights instead of the embedded
+default: the tiny model decodes in a fraction of a millisecond, so its figures measure the HTTP path; a
+bigger model reads its weights at every step, as a 7B model does, and that is what batching shares.
+
     python benchmarks/serve_load.py [--model runs/tiny/model] [--clients 8] [--requests 32] [--tokens 64]
+                                    [--engine torch|llama.cpp] [--llama-server PATH] [--wider]
 """
 
 from __future__ import annotations
@@ -12,13 +20,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from _common import embedded_model_folder, running_server
+from _common import (
+    cpu_model_and_flags,
+    embedded_model_folder,
+    free_port,
+    running_process,
+    running_server,
+    wider_model_folder,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,6 +54,8 @@ async def one_request(client: httpx.AsyncClient, url: str, i: int, tokens: int) 
             if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
                 first = time.perf_counter() - start
             usage = chunk.get("usage") or usage
+    if usage["completion_tokens"] != tokens:
+        raise SystemExit(f"{url}: {usage['completion_tokens']} tokens instead of {tokens} (eos not ignored?)")
     return {"latency": time.perf_counter() - start, "ttft": first or 0.0, "tokens": usage["completion_tokens"]}
 
 
@@ -69,21 +87,64 @@ def summary(name: str, results: list[dict], wall: float) -> float:
     return tps
 
 
+def measure(url: str, args, label: str) -> tuple[float, float]:
+    """(one-at-a-time tok/s, concurrent tok/s) against a ready server."""
+    for _ in range(5):  # warm-up; llama-server sometimes drops a connection made right after it is ready
+        try:
+            asyncio.run(run(url, 2, 1, 8))
+            break
+        except httpx.RemoteProtocolError:
+            time.sleep(0.5)
+    seq = summary(f"{label}, 1 client", *asyncio.run(run(url, args.requests, 1, args.tokens)))
+    con = summary(f"{label}, {args.clients} clients", *asyncio.run(run(url, args.requests, args.clients,
+                                                                           args.tokens)))
+    return seq, con
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=ROOT / "runs" / "tiny" / "model")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--engine", choices=["torch", "llama.cpp"], default="torch")
+    ap.add_argument("--llama-server", type=Path, help="llama.cpp's llama-server binary (with --engine llama.cpp)")
+    ap.add_argument("--wider", action="store_true", help="a ~160M-parameter random Mistral-shaped model")
     args = ap.parse_args()
+    name, flags = cpu_model_and_flags()
+    threads = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
         folder = embedded_model_folder(args.model, Path(tmp))
-        with running_server(folder, "--max-batch-size", str(max(16, args.clients))) as url:
-            asyncio.run(run(url, 2, 1, 8))  # warm-up
-            print(f"model {folder}; {args.requests} requests x {args.tokens} tokens (greedy, eos ignored)")
-            seq = summary("one at a time", *asyncio.run(run(url, args.requests, 1, args.tokens)))
-            con = summary(f"{args.clients} clients", *asyncio.run(run(url, args.requests, args.clients, args.tokens)))
+        if args.wider:
+            folder = wider_model_folder(folder, Path(tmp) / "wider")
+        print(f"CPU: {name} ({' '.join(flags)}), {threads} threads; model {folder}; {args.requests} requests x "
+              f"{args.tokens} tokens (greedy, eos ignored)")
+        if args.engine == "torch":
+            with running_server(folder, "--max-batch-size", str(max(16, args.clients))) as url:
+                seq, con = measure(url, args, "openhermes torch")
             print(f"aggregate throughput: {con / seq:.2f}x with {args.clients} concurrent clients (target >= 3x)")
+            return
+        from openhermes.export.gguf import export_gguf
+
+        gguf = export_gguf(folder, Path(tmp) / "model-f16.gguf", "f16", progress=False)
+        with running_server(gguf, "--engine", "llama.cpp", "--parallel", str(args.clients)) as url:
+            seq, con = measure(url, args, "openhermes llama.cpp")
+        print(f"aggregate throughput: {con / seq:.2f}x with {args.clients} concurrent clients (target >= 3x)")
+        if args.llama_server is None:
+            return
+        from gguf import GGUFReader
+
+        reader = GGUFReader(gguf)
+        window = int(reader.get_field("llama.context_length").contents())
+        port = free_port()
+        cmd = [str(args.llama_server), "-m", str(gguf), "--port", str(port), "-np", str(args.clients),
+               "-c", str(window * args.clients), "-t", str(threads), "-tb", str(threads), "--no-webui",
+               "--log-disable"]
+        with running_process(cmd, port) as url:
+            ref_seq, ref_con = measure(url, args, "llama-server")
+        print(f"openhermes llama.cpp engine vs llama-server, {args.clients} clients: {con / ref_con:.2f}x "
+              f"(1 client: {seq / ref_seq:.2f}x)")
+
 
 if __name__ == "__main__":
     main()

@@ -171,7 +171,7 @@ def _model_or_default(model: str | None) -> str:
 
 
 def _engine(model: str | None, adapter: Path | None, device: str | None, kind: str = "torch",
-            prefix_cache_mb: float = 1024):
+            prefix_cache_mb: float = 1024, parallel: int = 4, ctx_size: int | None = None):
     from openhermes.infer.engine import Engine
     from openhermes.model.load import ModelLoadError
 
@@ -184,7 +184,7 @@ def _engine(model: str | None, adapter: Path | None, device: str | None, kind: s
             _fail(f"--engine llama.cpp takes a LoRA GGUF as --lora ({adapter} is not one): make it with "
                   f"`openhermes export ADAPTER --to gguf-lora`")
         try:
-            return LlamaCppEngine(model, lora=adapter)
+            return LlamaCppEngine(model, lora=adapter, parallel=parallel, n_ctx=ctx_size)
         except (EngineUnavailable, ValueError) as e:
             _fail(str(e))
     if kind != "torch":
@@ -208,6 +208,10 @@ MODEL_HELP = "A model folder or hub id (default: the embedded default, trained f
 ADAPTER_HELP = ("A LoRA adapter on top of MODEL: a peft adapter folder (torch engine) or a LoRA GGUF from "
                 "`export --to gguf-lora` (llama.cpp engine).")
 ENGINE_HELP = "torch (a model folder) or llama.cpp (a .gguf file; needs llama-cpp-python)."
+PARALLEL_HELP = ("llama.cpp engine: sequences decoded together, each with its own KV cache of --ctx-size tokens "
+                 "(llama-server's --parallel).")
+CTX_HELP = ("llama.cpp engine: context window of each sequence, prompt + reply (default: the model's, at most "
+            "8192). KV memory grows with --ctx-size x --parallel.")
 
 
 @app.command()
@@ -241,7 +245,7 @@ def chat(model: str | None = typer.Argument(None, help=MODEL_HELP),
         except CardError as e:
             _fail(str(e))
     params = _sampling(preset or ("limarp" if rp else "chatml-default"), temperature=temperature, seed=seed)
-    session = ChatSession(_engine(model, adapter, device, engine), system=system, params=params,
+    session = ChatSession(_engine(model, adapter, device, engine, parallel=1), system=system, params=params,
                           max_new_tokens=max_new_tokens, roleplay=rp)
     run_terminal(session)
 
@@ -254,7 +258,9 @@ def generate(model: str | None = typer.Argument(None, help=MODEL_HELP),
              adapter: Path | None = typer.Option(None, "--adapter", "--lora", help=ADAPTER_HELP),
              preset: str = typer.Option("greedy", help="Sampler preset for lines that set nothing else."),
              max_new_tokens: int = typer.Option(256, help="Default reply length limit in tokens."),
-             batch_size: int = typer.Option(16, help="Requests decoded together."),
+             batch_size: int = typer.Option(16, help="Requests decoded together (torch engine)."),
+             parallel: int = typer.Option(4, min=1, help=PARALLEL_HELP),
+             ctx_size: int | None = typer.Option(None, min=16, help=CTX_HELP),
              device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
              engine: str = typer.Option("torch", help=ENGINE_HELP)) -> None:
     """Batch generation from a JSONL file. Bad lines are reported by line number; the rest still run."""
@@ -263,8 +269,8 @@ def generate(model: str | None = typer.Argument(None, help=MODEL_HELP),
     if not input.exists():
         _fail(f"{input}: no such file")
     params = _sampling(preset)
-    runner = _engine(model, adapter, device, engine)
-    if engine == "torch":  # the llama.cpp engine decodes one request at a time
+    runner = _engine(model, adapter, device, engine, parallel=parallel, ctx_size=ctx_size)
+    if engine == "torch":  # the llama.cpp engine decodes --parallel sequences at once
         runner.max_batch_size = batch_size
     done, errors = generate_file(runner, input, output, params, max_new_tokens)
     for e in errors:
@@ -282,7 +288,10 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
           api_key: str | None = typer.Option(None, envvar="OPENHERMES_API_KEY",
                                              help="Require 'Authorization: Bearer KEY' on /v1 routes."),
           model_name: str | None = typer.Option(None, help="Model id clients use (default: MODEL as given)."),
-          max_batch_size: int = typer.Option(16, help="Requests decoded together (continuous batching)."),
+          max_batch_size: int = typer.Option(16, help="Requests decoded together (continuous batching; torch "
+                                             "engine)."),
+          parallel: int = typer.Option(4, min=1, help=PARALLEL_HELP),
+          ctx_size: int | None = typer.Option(None, min=16, help=CTX_HELP),
           max_queue: int = typer.Option(64, help="Requests allowed to wait; beyond that the server answers 503."),
           device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
           engine: str = typer.Option("torch", help=ENGINE_HELP),
@@ -294,7 +303,8 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
 
     from openhermes.serve.app import create_app
 
-    runner = _engine(model, adapter, device, engine, prefix_cache_mb=prefix_cache_mb)
+    runner = _engine(model, adapter, device, engine, prefix_cache_mb=prefix_cache_mb, parallel=parallel,
+                     ctx_size=ctx_size)
     runner.name = model_name or model or "openhermes-tiny"
     console.print(f"serving {runner.name} on http://{host}:{port}/ (API at /v1, metrics at /metrics)")
     batch = max_batch_size if engine == "torch" else runner.max_batch_size
