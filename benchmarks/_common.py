@@ -112,16 +112,19 @@ def embedded_model_folder(path: Path | None, tmp: Path) -> Path:
     return tmp / "model"
 
 
-def wider_model_folder(tokenizer_folder: Path, out: Path, hidden: int = 1024, layers: int = 12) -> Path:
-    """A Mistral-shaped model with random weights (about 160M parameters at the defaults) and the embedded
-    default's tokenizer: big enough that each decode step reads its weights from memory, as a 7B model's
-    do, so serving speed is the model's and not the HTTP path's. Speed does not depend on what weights learned."""
+def wider_model_folder(tokenizer_folder: Path, out: Path, hidden: int = 512, layers: int = 8) -> Path:
+    """A Mistral-shaped model with random weights (about 28M parameters at the defaults, 40x the embedded
+    default's) and the embedded default's tokenizer: big enough that a decode step reads megabytes of weights
+    and a long prompt's prefill is real work, as for a 7B model, so serving figures are the model's and not
+    the HTTP path's. Speed does not depend on what the weights learned."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(tokenizer_folder)
     config.update({"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": hidden // 64,
-                   "num_key_value_heads": hidden // 256, "head_dim": 64, "intermediate_size": hidden * 7 // 2})
+                   "num_key_value_heads": hidden // 256, "head_dim": 64, "intermediate_size": hidden * 7 // 2,
+                   # random replies re-tokenize longer than they were generated: room for a 20-turn history
+                   "max_position_embeddings": 4096})
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(tokenizer_folder).save_pretrained(out)

@@ -8,8 +8,8 @@ tokens per second, and the ratio (target >= 3x with 8 clients).
 `--llama-server PATH` the same concurrent load also goes to llama.cpp's own server on the same GGUF
 (`-np CLIENTS`, same threads and context per sequence; build it with scripts/build_llama_server.sh).
 `--wider` serves a ~160M-parameter Mistral-shaped model with random weights instead of the embedded
-default: the tiny model decodes in a fraction of a millisecond, so its figures measure the HTTP path; a
-bigger model reads its weights at every step, as a 7B model does, and that is what batching shares.
+default: the tiny model decodes a token in a fraction of a millisecond, so its figures measure the HTTP
+path; a bigger model's step is mostly its weights' work, as a 7B model's is, and that is what batching shares.
 
     python benchmarks/serve_load.py [--model runs/tiny/model] [--clients 8] [--requests 32] [--tokens 64]
                                     [--engine torch|llama.cpp] [--llama-server PATH] [--wider]
@@ -59,7 +59,7 @@ async def one_request(client: httpx.AsyncClient, url: str, i: int, tokens: int) 
     return {"latency": time.perf_counter() - start, "ttft": first or 0.0, "tokens": usage["completion_tokens"]}
 
 
-async def run(url: str, n_requests: int, clients: int, tokens: int) -> tuple[list[dict], float]:
+async def run(url: str, n_requests: int, clients: int, tokens: int, keepalive: bool = True) -> tuple[list[dict], float]:
     queue = list(range(n_requests))
     results: list[dict] = []
 
@@ -68,7 +68,10 @@ async def run(url: str, n_requests: int, clients: int, tokens: int) -> tuple[lis
             results.append(await one_request(client, url, queue.pop(), tokens))
 
     start = time.perf_counter()
-    async with httpx.AsyncClient(timeout=600) as client:
+    # keepalive=False: a new connection per request (llama-server closes kept-alive streaming connections
+    # without notice now and then, which the next request on them would fail on)
+    limits = httpx.Limits(max_keepalive_connections=None if keepalive else 0)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         await asyncio.gather(*(worker(client) for _ in range(clients)))
     return results, time.perf_counter() - start
 
@@ -87,17 +90,12 @@ def summary(name: str, results: list[dict], wall: float) -> float:
     return tps
 
 
-def measure(url: str, args, label: str) -> tuple[float, float]:
+def measure(url: str, args, label: str, keepalive: bool = True) -> tuple[float, float]:
     """(one-at-a-time tok/s, concurrent tok/s) against a ready server."""
-    for _ in range(5):  # warm-up; llama-server sometimes drops a connection made right after it is ready
-        try:
-            asyncio.run(run(url, 2, 1, 8))
-            break
-        except httpx.RemoteProtocolError:
-            time.sleep(0.5)
-    seq = summary(f"{label}, 1 client", *asyncio.run(run(url, args.requests, 1, args.tokens)))
+    asyncio.run(run(url, 2, 1, 8, keepalive))  # warm-up
+    seq = summary(f"{label}, 1 client", *asyncio.run(run(url, args.requests, 1, args.tokens, keepalive)))
     con = summary(f"{label}, {args.clients} clients", *asyncio.run(run(url, args.requests, args.clients,
-                                                                           args.tokens)))
+                                                                           args.tokens, keepalive)))
     return seq, con
 
 
@@ -116,7 +114,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = embedded_model_folder(args.model, Path(tmp))
         if args.wider:
-            folder = wider_model_folder(folder, Path(tmp) / "wider")
+            folder = wider_model_folder(folder, Path(tmp) / "wider", hidden=1024, layers=12)
         print(f"CPU: {name} ({' '.join(flags)}), {threads} threads; model {folder}; {args.requests} requests x "
               f"{args.tokens} tokens (greedy, eos ignored)")
         if args.engine == "torch":
@@ -128,7 +126,7 @@ def main() -> None:
 
         gguf = export_gguf(folder, Path(tmp) / "model-f16.gguf", "f16", progress=False)
         with running_server(gguf, "--engine", "llama.cpp", "--parallel", str(args.clients)) as url:
-            seq, con = measure(url, args, "openhermes llama.cpp")
+            seq, con = measure(url, args, "openhermes llama.cpp", keepalive=False)
         print(f"aggregate throughput: {con / seq:.2f}x with {args.clients} concurrent clients (target >= 3x)")
         if args.llama_server is None:
             return
@@ -141,7 +139,7 @@ def main() -> None:
                "-c", str(window * args.clients), "-t", str(threads), "-tb", str(threads), "--no-webui",
                "--log-disable"]
         with running_process(cmd, port) as url:
-            ref_seq, ref_con = measure(url, args, "llama-server")
+            ref_seq, ref_con = measure(url, args, "llama-server", keepalive=False)
         print(f"openhermes llama.cpp engine vs llama-server, {args.clients} clients: {con / ref_con:.2f}x "
               f"(1 client: {seq / ref_seq:.2f}x)")
 

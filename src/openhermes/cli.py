@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -171,7 +172,8 @@ def _model_or_default(model: str | None) -> str:
 
 
 def _engine(model: str | None, adapter: Path | None, device: str | None, kind: str = "torch",
-            prefix_cache_mb: float = 1024, parallel: int = 4, ctx_size: int | None = None):
+            prefix_cache_mb: float = 1024, parallel: int = 4, ctx_size: int | None = None,
+            threads: int | None = None):
     from openhermes.infer.engine import Engine
     from openhermes.model.load import ModelLoadError
 
@@ -184,7 +186,7 @@ def _engine(model: str | None, adapter: Path | None, device: str | None, kind: s
             _fail(f"--engine llama.cpp takes a LoRA GGUF as --lora ({adapter} is not one): make it with "
                   f"`openhermes export ADAPTER --to gguf-lora`")
         try:
-            return LlamaCppEngine(model, lora=adapter, parallel=parallel, n_ctx=ctx_size)
+            return LlamaCppEngine(model, lora=adapter, parallel=parallel, n_ctx=ctx_size, n_threads=threads)
         except (EngineUnavailable, ValueError) as e:
             _fail(str(e))
     if kind != "torch":
@@ -210,6 +212,7 @@ ADAPTER_HELP = ("A LoRA adapter on top of MODEL: a peft adapter folder (torch en
 ENGINE_HELP = "torch (a model folder) or llama.cpp (a .gguf file; needs llama-cpp-python)."
 PARALLEL_HELP = ("llama.cpp engine: sequences decoded together, each with its own KV cache of --ctx-size tokens "
                  "(llama-server's --parallel).")
+THREADS_HELP = "llama.cpp engine: CPU threads for the model (default: all cores this process may use)."
 CTX_HELP = ("llama.cpp engine: context window of each sequence, prompt + reply (default: the model's, at most "
             "8192). KV memory grows with --ctx-size x --parallel.")
 
@@ -292,6 +295,7 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
                                              "engine)."),
           parallel: int = typer.Option(4, min=1, help=PARALLEL_HELP),
           ctx_size: int | None = typer.Option(None, min=16, help=CTX_HELP),
+          threads: int | None = typer.Option(None, min=1, help=THREADS_HELP),
           max_queue: int = typer.Option(64, help="Requests allowed to wait; beyond that the server answers 503."),
           device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
           engine: str = typer.Option("torch", help=ENGINE_HELP),
@@ -304,7 +308,7 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
     from openhermes.serve.app import create_app
 
     runner = _engine(model, adapter, device, engine, prefix_cache_mb=prefix_cache_mb, parallel=parallel,
-                     ctx_size=ctx_size)
+                     ctx_size=ctx_size, threads=threads)
     runner.name = model_name or model or "openhermes-tiny"
     console.print(f"serving {runner.name} on http://{host}:{port}/ (API at /v1, metrics at /metrics)")
     batch = max_batch_size if engine == "torch" else runner.max_batch_size
@@ -332,16 +336,27 @@ def export(model: Path = typer.Argument(..., help="A model folder (full fine-tun
 
     if to not in ("gguf", "gguf-lora"):
         _fail(f"--to {to!r}: choose gguf or gguf-lora")
+    if check is not None and to == "gguf-lora":
+        _fail("--check measures a model's GGUF; a LoRA GGUF has no output of its own: merge the adapter "
+              "(`openhermes merge`), export that with --check")
+    if check is not None and not check.is_file():
+        _fail(f"--check {check}: no such text file")
     try:
         if to == "gguf-lora":
             from openhermes.export.gguf_lora import export_lora_gguf
 
             path = export_lora_gguf(model, out, overwrite=overwrite)
+            console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
         else:
-            path = export_gguf(model, out, type_, overwrite=overwrite)
-        console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
-        if check is not None and to == "gguf":
-            _check_quality(model, path, check, is_f16=type_.lower() == "f16")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+                # A quantized export's f16 input is kept as the check's reference (not written twice).
+                is_f16 = type_.lower() == "f16"
+                reference = Path(tmp) / "reference-f16.gguf" if check is not None and not is_f16 else None
+                path = export_gguf(model, out, type_, overwrite=overwrite, keep_f16=reference)
+                console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+                if check is not None:
+                    _check_quality(path, reference or path, check)
         if card:
             from openhermes.export.card import write_card
 
@@ -352,18 +367,13 @@ def export(model: Path = typer.Argument(..., help="A model folder (full fine-tun
         _fail(str(e))
 
 
-def _check_quality(model: Path, path: Path, text_file: Path, is_f16: bool) -> None:
-    import tempfile
-
+def _check_quality(path: Path, reference: Path, text_file: Path) -> None:
+    """Perplexity and KL divergence of `path` against the f16 file `reference` on a text, printed and recorded
+    in the folder's quality.json (the model card reads it)."""
     from openhermes.export.card import record_quality
-    from openhermes.export.gguf import export_gguf
     from openhermes.export.quality import measure, table
 
-    text = text_file.read_text(encoding="utf-8")
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        # The f16 reference: the file itself when it is f16, else an f16 export beside it.
-        reference = path if is_f16 else export_gguf(model, Path(tmp) / "reference-f16.gguf", "f16", progress=False)
-        (result,) = measure([path], reference, text)
+    (result,) = measure([path], reference, text_file.read_text(encoding="utf-8"))
     console.print(table([result]))
     record_quality(path.parent, [{"file": path.name, "perplexity": result.perplexity, "kl_mean": result.kl_mean,
                                   "kl_p99": result.kl_p99, "top1_agreement": result.top1_agreement,

@@ -116,10 +116,25 @@ def test_cli_check_writes_a_model_card_with_the_measured_quality(model256, tmp_p
     row = next(line for line in card.splitlines() if line.startswith("| model-Q4_K_M.gguf"))
     recorded = json.loads((out.parent / "quality.json").read_text())["model-Q4_K_M.gguf"]
     assert f"{recorded['perplexity']:.4f}" in row
+    # The reference was the quantizer's own f16 input (written once): an f16 exported apart gives the same KL.
+    (again,) = measure([out], export_gguf(model256, tmp_path / "apart-f16.gguf", "f16", progress=False),
+                       text.read_text())
+    assert again.kl_mean == pytest.approx(recorded["kl_mean"], rel=1e-6)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["README.md", "model-Q4_K_M.gguf", "quality.json"]
     (out.parent / "README.md").write_text("my own notes")  # a README the user wrote is never replaced
     assert subprocess.run([sys.executable, "-m", "openhermes.cli", "export", str(model256), "--type", "q8_0",
                            "--out", str(out.parent / "m-q8.gguf")], capture_output=True).returncode == 0
     assert (out.parent / "README.md").read_text() == "my own notes"
+
+
+def test_check_on_a_lora_gguf_is_refused_before_any_work(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("some text")
+    proc = subprocess.run([sys.executable, "-m", "openhermes.cli", "export", str(tmp_path / "adapter"), "--to",
+                           "gguf-lora", "--out", str(tmp_path / "a.gguf"), "--check", str(text)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "merge the adapter" in proc.stdout + proc.stderr
+    assert not (tmp_path / "a.gguf").exists()
 
 
 @pytest.fixture(scope="module")

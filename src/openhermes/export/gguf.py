@@ -132,10 +132,11 @@ def is_openhermes_gguf(path: Path) -> bool:
 
 
 def export_gguf(model_dir: str | Path, out: str | Path, qtype: str = "f16", progress: bool = True,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, keep_f16: Path | None = None) -> Path:
     """Write `out` next to itself and rename it over; an existing file we did not write is refused.
     f16, q8_0 and q4_0 are written by our numpy writer; K-quants and the other llama.cpp types by
-    llama.cpp's quantizer from an f16 file written first (export/quantize.py)."""
+    llama.cpp's quantizer from an f16 file written first (export/quantize.py), which is moved to `keep_f16`
+    if given (the reference of a quality check) instead of deleted."""
     from openhermes.export.quantize import NUMPY_TYPES, QuantizeError, canonical, quantize_gguf
 
     try:
@@ -151,6 +152,8 @@ def export_gguf(model_dir: str | Path, out: str | Path, qtype: str = "f16", prog
         try:
             _write_gguf(Path(model_dir), f16, "f16", progress)
             quantize_gguf(f16, tmp, qtype)
+            if keep_f16 is not None:
+                f16.replace(keep_f16)
         except QuantizeError as e:
             raise ExportError(str(e)) from None
         finally:

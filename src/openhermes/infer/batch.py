@@ -15,9 +15,56 @@ from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from openhermes.infer.prefix_cache import PrefixCache
 from openhermes.infer.sequence import Sequence
+
+HEADROOM = 256  # tokens of spare room a layer's buffer gets each time it is (re)made
+
+
+class GrowingLayer(DynamicLayer):
+    """A DynamicLayer whose keys/values are views of buffers with spare room along the sequence: a decode step
+    writes its token in place. DynamicLayer's torch.cat copies the whole cache at every step, which was 58% of
+    a step's time at 8 rows of 1.5k tokens. When the batch replaces `keys`/`values` (a row joins or leaves),
+    the next update copies them into a new buffer once."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        if not self._in_buffer() or self.length + n > self._kbuf.shape[-2]:
+            self._rebuffer(n)
+        self._kbuf[:, :, self.length:self.length + n] = key_states
+        self._vbuf[:, :, self.length:self.length + n] = value_states
+        self.length += n
+        self.keys = self._kview = self._kbuf[:, :, :self.length]
+        self.values = self._vview = self._vbuf[:, :, :self.length]
+        return self.keys, self.values
+
+    def _in_buffer(self) -> bool:
+        return getattr(self, "_kview", None) is self.keys and getattr(self, "_vview", None) is self.values
+
+    def _rebuffer(self, n: int) -> None:
+        keys, values = (self.keys, self.values) if self.keys.numel() else (None, None)
+        self.length = keys.shape[-2] if keys is not None else 0
+        like = keys if keys is not None else self._shape_source
+        shape = list(like.shape)
+        shape[-2] = self.length + n + HEADROOM
+        self._kbuf, self._vbuf = like.new_empty(shape), like.new_empty(shape)
+        if keys is not None:
+            self._kbuf[:, :, :self.length] = keys
+            self._vbuf[:, :, :self.length] = values
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._shape_source = key_states
+
+
+class GrowingCache(DynamicCache):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer_class_to_replicate = GrowingLayer
 
 
 def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
@@ -37,7 +84,7 @@ class Batch:
         self.prefix_cache = prefix_cache
         self.device = next(model.parameters()).device
         self.rows: list[Sequence] = []
-        self.cache: DynamicCache | None = None
+        self.cache: GrowingCache | None = None
         self.mask: torch.Tensor | None = None  # (B, T) 1 = real token
         self.positions: torch.Tensor | None = None  # (B,) position id of each row's next token
         self.padded = False  # whether any row has left padding (else no mask is needed: faster)
@@ -52,7 +99,7 @@ class Batch:
             seq.finish_cancelled()
             return
         ids = torch.tensor([seq.ids], device=self.device)
-        cache = DynamicCache()
+        cache = GrowingCache()
         hit = self.prefix_cache.lookup(seq.ids) if self.prefix_cache is not None else None
         start = 0
         if hit is not None:

@@ -25,6 +25,7 @@ from openhermes.infer.engine import BaseEngine
 from openhermes.infer.sampling import PRESETS, SamplingParams, preset
 from openhermes.infer.scheduler import QueueFull, Scheduler
 from openhermes.infer.sequence import ContextWindowError, GenerationRequest, GenerationResult, TokenLogprob
+from openhermes.serve.mailbox import Mailbox
 from openhermes.serve.metrics import Metrics
 from openhermes.serve.schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 
@@ -64,10 +65,12 @@ def create_app(engine: BaseEngine, *, api_key: str | None = None, max_batch_size
                max_queue: int = 64) -> FastAPI:
     metrics = Metrics()
     scheduler: Scheduler | None = None
+    mailbox: Mailbox | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        nonlocal scheduler
+        nonlocal scheduler, mailbox
+        mailbox = Mailbox(asyncio.get_running_loop())
         scheduler = Scheduler(engine, max_batch_size=max_batch_size, max_queue=max_queue,
                               on_step=metrics.batch_rows.observe)
         yield
@@ -123,12 +126,11 @@ def create_app(engine: BaseEngine, *, api_key: str | None = None, max_batch_size
                   echoes: list[Echo] | None = None) -> Response:
         """Submit every choice to the scheduler (one batch); answer with one JSON body or a Server-Sent
         Events stream. A choice with max_new_tokens 0 generates nothing (the echoed prompt only)."""
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         headers = _ignored_header(body)
 
         def put(item):
-            loop.call_soon_threadsafe(events.put_nowait, item)
+            mailbox.put(events, item)
 
         def on_done(i: int, result: GenerationResult) -> None:
             if result.finish_reason == "cancelled":
@@ -564,4 +566,8 @@ class Shape:
 
 
 def _sse(payload: dict) -> str:
-    return f"data: {json.dumps(jsonable_encoder(payload), ensure_ascii=False)}\n\n"
+    try:  # chunks are plain dicts; jsonable_encoder (slow) only for anything else
+        text = json.dumps(payload, ensure_ascii=False)
+    except TypeError:
+        text = json.dumps(jsonable_encoder(payload), ensure_ascii=False)
+    return f"data: {text}\n\n"
