@@ -4,9 +4,14 @@ Our own decode loop, because transformers' generate() and its continuous-batchin
 one generation config to every row, and requests here each have their own samplers and stop
 strings, join while others run, and can be cancelled.
 
-Layout: every row of the cache is [left padding][its real tokens], aligned on the right, with a
-2-D attention mask marking the padding and per-row position ids. A new sequence is prefilled
-alone (no padding, so exactly its unbatched computation) and then merged in by left-padding.
+Layout (the Slab): per layer one buffer of (row capacity, heads, column capacity, head dim). Rows
+[0, n) are the running sequences; columns [start, end) hold their tokens aligned on the right (a
+shorter row's left part is padding, masked), and a decode step writes every row's new token in
+column `end`. Joining, leaving and decoding write into the buffers in place; a buffer is remade
+(one copy) only when it has no room left. (transformers' DynamicCache grows by torch.cat, which
+copies the whole cache at every step: 58% of a step at 8 rows of 1.5k tokens; merging a row by
+re-padding copied every row's cache again.) A new sequence is prefilled alone (no padding, so
+exactly its unbatched computation) and then written into a free row.
 With a PrefixCache, the prefill starts from the stored KV of the longest known prefix and computes
 only the rest; prompts after their prefill, and finished sequences, are stored for later requests.
 """
@@ -15,67 +20,124 @@ from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer
 
 from openhermes.infer.prefix_cache import PrefixCache
 from openhermes.infer.sequence import Sequence
 
-HEADROOM = 256  # tokens of spare room a layer's buffer gets each time it is (re)made
+HEADROOM = 256  # spare columns on each side, and spare rows, when a buffer is (re)made
+SPARE_ROWS = 4
 
 
-class GrowingLayer(DynamicLayer):
-    """A DynamicLayer whose keys/values are views of buffers with spare room along the sequence: a decode step
-    writes its token in place. DynamicLayer's torch.cat copies the whole cache at every step, which was 58% of
-    a step's time at 8 rows of 1.5k tokens. When the batch replaces `keys`/`values` (a row joins or leaves),
-    the next update copies them into a new buffer once."""
+class Slab:
+    """The batch's KV buffers and attention mask; see the module's docstring."""
+
+    def __init__(self, layers: int) -> None:
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.mask: torch.Tensor | None = None  # (row capacity, column capacity), 1 = real token
+        self.layers = layers
+        self.rows = 0
+        self.start = self.end = 0
+
+    @property
+    def width(self) -> int:
+        return self.end - self.start
+
+    def _remake(self, row_cap: int, left: int, right: int) -> None:
+        """New zeroed buffers (masked columns must hold finite numbers) with `left`/`right` spare columns
+        around the current ones; the running rows are copied over."""
+        width = self.width
+        cols = left + width + right
+        keys, values, mask = self.keys, self.values, self.mask
+        self.keys = [k.new_zeros((row_cap, k.shape[1], cols, k.shape[3])) for k in keys]
+        self.values = [v.new_zeros((row_cap, v.shape[1], cols, v.shape[3])) for v in values]
+        new_mask = mask.new_zeros((row_cap, cols))
+        if self.rows:
+            for old, new in zip(keys + values, self.keys + self.values, strict=True):
+                new[:self.rows, :, left:left + width] = old[:self.rows, :, self.start:self.end]
+            new_mask[:self.rows, left:left + width] = mask[:self.rows, self.start:self.end]
+        self.mask = new_mask
+        self.start, self.end = left, left + width
+
+    def add_row(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        """Write one sequence's KV ((1, heads, n, dim) per layer) into a free row, right-aligned; returns the row."""
+        n = kv[0][0].shape[2]
+        if not self.keys:  # the first row: buffers shaped after it
+            self.keys = [k.new_zeros((SPARE_ROWS, k.shape[1], 0, k.shape[3])) for k, _ in kv]
+            self.values = [v.new_zeros((SPARE_ROWS, v.shape[1], 0, v.shape[3])) for _, v in kv]
+            self.mask = torch.zeros((SPARE_ROWS, 0), dtype=torch.long, device=kv[0][0].device)
+        grow_left = max(0, n - self.width)
+        row_cap = self.keys[0].shape[0]
+        if self.rows == row_cap or grow_left > self.start:
+            self._remake(max(row_cap, self.rows + SPARE_ROWS), grow_left + HEADROOM,
+                         max(HEADROOM, self.keys[0].shape[2] - self.end))
+        if grow_left:  # the running rows' new left columns are padding
+            self.mask[:self.rows, self.start - grow_left:self.start] = 0
+            self.start -= grow_left
+        row = self.rows
+        for buf, (k, _) in zip(self.keys, kv, strict=True):
+            buf[row, :, self.end - n:self.end] = k[0]
+        for buf, (_, v) in zip(self.values, kv, strict=True):
+            buf[row, :, self.end - n:self.end] = v[0]
+        self.mask[row, self.start:self.end] = 0
+        self.mask[row, self.end - n:self.end] = 1
+        self.rows += 1
+        return row
+
+    def open_column(self) -> None:
+        """Room for one more token in every row (the next decode step writes column `end`)."""
+        if self.end == self.keys[0].shape[2]:
+            self._remake(self.keys[0].shape[0], HEADROOM, max(HEADROOM, self.width // 2))
+        self.mask[:self.rows, self.end] = 1
+
+    def row_kv(self, row: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One row's real tokens, (1, heads, n, dim) per layer (views)."""
+        n = int(self.mask[row, self.start:self.end].sum())
+        return [(k[row:row + 1, :, self.end - n:self.end], v[row:row + 1, :, self.end - n:self.end])
+                for k, v in zip(self.keys, self.values, strict=True)]
+
+    def keep(self, live: list[int]) -> list[int]:
+        """Keep these rows: rows past the new count move into the free places (one row copy each).
+        Returns the old row index now at each place 0..len(live)-1."""
+        m = len(live)
+        order = list(range(self.rows))
+        holes = [i for i in range(m) if i not in live]
+        movers = [i for i in live if i >= m]
+        for hole, mover in zip(holes, movers, strict=True):
+            for buf in self.keys + self.values:
+                buf[hole, :, self.start:self.end] = buf[mover, :, self.start:self.end]
+            self.mask[hole, self.start:self.end] = self.mask[mover, self.start:self.end]
+            order[hole] = mover
+        self.rows = m
+        if m:  # columns that are padding in every remaining row are dropped
+            real = self.mask[:m, self.start:self.end].any(0)
+            self.start += int(real.int().argmax()) if bool(real.any()) else self.width
+        return order[:m]
+
+    @property
+    def padded(self) -> bool:
+        return bool((self.mask[:self.rows, self.start:self.end] == 0).any())
+
+
+class SlabLayer(DynamicLayer):
+    """One layer of the Slab as transformers' models see a cache layer: `update` writes the step's keys and
+    values at column `end` of every row and returns the rows' [start, end + n) views."""
+
+    def __init__(self, slab: Slab, index: int) -> None:
+        super().__init__()
+        self.slab, self.index = slab, index
+        self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        n = key_states.shape[-2]
-        if not self._in_buffer() or self.length + n > self._kbuf.shape[-2]:
-            self._rebuffer(n)
-        self._kbuf[:, :, self.length:self.length + n] = key_states
-        self._vbuf[:, :, self.length:self.length + n] = value_states
-        self.length += n
-        self.keys = self._kview = self._kbuf[:, :, :self.length]
-        self.values = self._vview = self._vbuf[:, :, :self.length]
-        return self.keys, self.values
+        s, n = self.slab, key_states.shape[-2]
+        k, v = s.keys[self.index], s.values[self.index]
+        k[:s.rows, :, s.end:s.end + n] = key_states
+        v[:s.rows, :, s.end:s.end + n] = value_states
+        return k[:s.rows, :, s.start:s.end + n], v[:s.rows, :, s.start:s.end + n]
 
-    def _in_buffer(self) -> bool:
-        return getattr(self, "_kview", None) is self.keys and getattr(self, "_vview", None) is self.values
-
-    def _rebuffer(self, n: int) -> None:
-        keys, values = (self.keys, self.values) if self.keys.numel() else (None, None)
-        self.length = keys.shape[-2] if keys is not None else 0
-        like = keys if keys is not None else self._shape_source
-        shape = list(like.shape)
-        shape[-2] = self.length + n + HEADROOM
-        self._kbuf, self._vbuf = like.new_empty(shape), like.new_empty(shape)
-        if keys is not None:
-            self._kbuf[:, :, :self.length] = keys
-            self._vbuf[:, :, :self.length] = values
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        super().lazy_initialization(key_states, value_states)
-        self._shape_source = key_states
-
-
-class GrowingCache(DynamicCache):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer_class_to_replicate = GrowingLayer
-
-
-def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
-    """Pad dim 2 of a (B, H, T, D) cache tensor (or dim 1 of a (B, T) mask) on the left to `length`."""
-    dim = 2 if t.dim() == 4 else 1
-    missing = length - t.shape[dim]
-    if missing <= 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
+    def get_seq_length(self) -> int:
+        return self.slab.width
 
 
 class Batch:
@@ -84,8 +146,8 @@ class Batch:
         self.prefix_cache = prefix_cache
         self.device = next(model.parameters()).device
         self.rows: list[Sequence] = []
-        self.cache: GrowingCache | None = None
-        self.mask: torch.Tensor | None = None  # (B, T) 1 = real token
+        self.slab: Slab | None = None
+        self.cache: Cache | None = None
         self.positions: torch.Tensor | None = None  # (B,) position id of each row's next token
         self.padded = False  # whether any row has left padding (else no mask is needed: faster)
 
@@ -94,12 +156,12 @@ class Batch:
 
     @torch.inference_mode()
     def add(self, seq: Sequence) -> None:
-        """Prefill a new sequence, sample its first token, and merge it into the batch."""
+        """Prefill a new sequence, sample its first token, and write it into the batch."""
         if seq.cancelled.is_set():
             seq.finish_cancelled()
             return
         ids = torch.tensor([seq.ids], device=self.device)
-        cache = GrowingCache()
+        cache = DynamicCache()
         hit = self.prefix_cache.lookup(seq.ids) if self.prefix_cache is not None else None
         start = 0
         if hit is not None:
@@ -108,24 +170,19 @@ class Batch:
                 cache.update(k, v, i)
         # Positions follow from the cache's length: the suffix is computed as if the prefix had just been.
         out = self.model(input_ids=ids[:, start:], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
         if self.prefix_cache is not None:
-            self.prefix_cache.store(seq.ids, [(layer.keys, layer.values) for layer in cache.layers])
+            self.prefix_cache.store(seq.ids, kv)
         seq.advance(out.logits[0, -1])
         if seq.done:
             return
-        mask = torch.ones_like(ids)
-        pos = torch.tensor([ids.shape[1]], device=self.device)
-        if self.cache is None:
-            self.cache, self.mask, self.positions, self.rows = cache, mask, pos, [seq]
-            self.padded = False
-            return
-        length = max(self.mask.shape[1], mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([_left_pad(mine.keys, length), _left_pad(theirs.keys, length)])
-            mine.values = torch.cat([_left_pad(mine.values, length), _left_pad(theirs.values, length)])
-        self.padded = self.padded or self.mask.shape[1] != mask.shape[1]
-        self.mask = torch.cat([_left_pad(self.mask, length), _left_pad(mask, length)])
-        self.positions = torch.cat([self.positions, pos])
+        if self.slab is None:
+            self.slab = Slab(len(kv))
+            self.cache = Cache(layers=[SlabLayer(self.slab, i) for i in range(len(kv))])
+            self.positions = torch.empty(0, dtype=torch.long, device=self.device)
+        self.slab.add_row(kv)
+        self.padded = self.slab.padded
+        self.positions = torch.cat([self.positions, torch.tensor([ids.shape[1]], device=self.device)])
         self.rows.append(seq)
 
     @torch.inference_mode()
@@ -141,10 +198,13 @@ class Batch:
             self._keep(live)
             if not self.rows:
                 return
+        slab = self.slab
         last = torch.tensor([[s.ids[-1]] for s in self.rows], device=self.device)
-        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
-        out = self.model(input_ids=last, attention_mask=self.mask if self.padded else None,
-                         position_ids=self.positions[:, None], past_key_values=self.cache, use_cache=True)
+        slab.open_column()
+        mask = slab.mask[:slab.rows, slab.start:slab.end + 1] if self.padded else None
+        out = self.model(input_ids=last, attention_mask=mask, position_ids=self.positions[:, None],
+                         past_key_values=self.cache, use_cache=True)
+        slab.end += 1
         self.positions = self.positions + 1
         logits = out.logits[:, -1]
         greedy = [s.plain_greedy for s in self.rows]
@@ -158,30 +218,17 @@ class Batch:
         if len(live) < len(self.rows):
             self._keep(live)
 
-    def _remember_finished(self, live: list[int]) -> None:
-        """Store each finished row's KV (prompt + reply): the client's next turn starts with both."""
-        for i, seq in enumerate(self.rows):
-            if i in live or seq.cancelled.is_set():
-                continue
-            n = int(self.mask[i].sum())
-            self.prefix_cache.store(seq.ids[:n], [(layer.keys[i:i + 1, :, -n:], layer.values[i:i + 1, :, -n:])
-                                                  for layer in self.cache.layers])
-
     def _keep(self, live: list[int]) -> None:
-        """Drop finished rows, then the left columns that are padding in every remaining row."""
-        if self.prefix_cache is not None and self.cache is not None:
-            self._remember_finished(live)
+        """Drop finished rows (storing each one's KV, prompt + reply: the client's next turn starts with both)."""
+        if self.prefix_cache is not None:
+            for i, seq in enumerate(self.rows):
+                if i not in live and not seq.cancelled.is_set():
+                    kv = self.slab.row_kv(i)
+                    self.prefix_cache.store(seq.ids[:kv[0][0].shape[2]], kv)
         if not live:
-            self.rows, self.cache, self.mask, self.positions = [], None, None, None
+            self.rows, self.slab, self.cache, self.positions = [], None, None, None
             return
-        index = torch.tensor(live, device=self.device)
-        self.rows = [self.rows[i] for i in live]
-        self.mask = self.mask[index]
-        self.positions = self.positions[index]
-        leading = (self.mask.cumsum(1) == 0).sum(1)
-        pad = int(leading.min())
-        self.padded = bool((leading != pad).any())
-        self.mask = self.mask[:, pad:]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys[index, :, pad:]
-            layer.values = layer.values[index, :, pad:]
+        order = self.slab.keep(live)
+        self.rows = [self.rows[i] for i in order]
+        self.positions = self.positions[torch.tensor(order, device=self.device)]
+        self.padded = self.slab.padded

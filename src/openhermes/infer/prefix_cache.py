@@ -60,11 +60,15 @@ class PrefixCache:
         to the batch's cache never reach it."""
         if len(ids) <= MIN_REUSE or self.budget <= 0:
             return
+        key = tuple(ids)
+        with self._lock:
+            if key in self.entries:  # known already (a prompt stored before): no copy
+                self.entries.move_to_end(key)
+                return
         layers = [(k.detach().clone(), v.detach().clone()) for k, v in layers]
         size = self._size(layers)
         if size > self.budget:
             return
-        key = tuple(ids)
         with self._lock:
             if key in self.entries:
                 self.entries.move_to_end(key)
