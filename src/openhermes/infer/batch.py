@@ -25,7 +25,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from openhermes.infer.prefix_cache import PrefixCache
 from openhermes.infer.sequence import Sequence
 
-HEADROOM = 256  # spare columns on each side, and spare rows, when a buffer is (re)made
+HEADROOM = 256  # at least this many spare columns on each side when a buffer is (re)made (and half the width)
 SPARE_ROWS = 4
 
 
@@ -70,7 +70,8 @@ class Slab:
         grow_left = max(0, n - self.width)
         row_cap = self.keys[0].shape[0]
         if self.rows == row_cap or grow_left > self.start:
-            self._remake(max(row_cap, self.rows + SPARE_ROWS), grow_left + HEADROOM,
+            # Chats come back longer each turn: room on the left for the next joins, not only this one.
+            self._remake(max(row_cap, self.rows + SPARE_ROWS), grow_left + max(HEADROOM, self.width // 2),
                          max(HEADROOM, self.keys[0].shape[2] - self.end))
         if grow_left:  # the running rows' new left columns are padding
             self.mask[:self.rows, self.start - grow_left:self.start] = 0
@@ -88,7 +89,7 @@ class Slab:
     def open_column(self) -> None:
         """Room for one more token in every row (the next decode step writes column `end`)."""
         if self.end == self.keys[0].shape[2]:
-            self._remake(self.keys[0].shape[0], HEADROOM, max(HEADROOM, self.width // 2))
+            self._remake(self.keys[0].shape[0], max(HEADROOM, self.width // 2), max(HEADROOM, self.width // 2))
         self.mask[:self.rows, self.end] = 1
 
     def row_kv(self, row: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
