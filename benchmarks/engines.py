@@ -1,6 +1,6 @@
 """Decode speed of the llama.cpp engine (a GGUF export) against the PyTorch engine on the same model
 and prompts, in one process. Greedy, a fixed number of new tokens per prompt (eos ignored), prompts one
-at a time (the llama.cpp engine holds one sequence), best of N.
+at a time (single-stream speed; concurrency is measured by serve_load.py), best of N.
 
     python benchmarks/engines.py [--model runs/tiny/model] [--tokens 128] [--type f16]
 """

@@ -89,6 +89,12 @@ def test_rows_keep_exactly_their_own_keys_and_values():
     join(slab.width + 20)
     decode()
     check()
+    leave(list(range(slab.rows)))  # all gone: the buffers stay for the next rows
+    assert slab.rows == 0
+    join(7)
+    join(30)
+    decode()
+    check()
 
 
 def test_batched_decoding_past_the_buffers_equals_each_sequence_alone(engine):

@@ -114,6 +114,8 @@ class Slab:
         if m:  # columns that are padding in every remaining row are dropped
             real = self.mask[:m, self.start:self.end].any(0)
             self.start += int(real.int().argmax()) if bool(real.any()) else self.width
+        else:  # empty: the buffers stay for the next rows, with the spare room on the right kept
+            self.start = self.end = max(0, self.keys[0].shape[2] - HEADROOM)
         return order[:m]
 
     @property
@@ -177,7 +179,7 @@ class Batch:
         seq.advance(out.logits[0, -1])
         if seq.done:
             return
-        if self.slab is None:
+        if self.slab is None:  # the first sequence of this batch: buffers shaped after its cache
             self.slab = Slab(len(kv))
             self.cache = Cache(layers=[SlabLayer(self.slab, i) for i in range(len(kv))])
             self.positions = torch.empty(0, dtype=torch.long, device=self.device)
@@ -226,10 +228,7 @@ class Batch:
                 if i not in live and not seq.cancelled.is_set():
                     kv = self.slab.row_kv(i)
                     self.prefix_cache.store(seq.ids[:kv[0][0].shape[2]], kv)
-        if not live:
-            self.rows, self.slab, self.cache, self.positions = [], None, None, None
-            return
-        order = self.slab.keep(live)
+        order = self.slab.keep(live)  # with no rows left the buffers stay: the next request writes into them
         self.rows = [self.rows[i] for i in order]
-        self.positions = self.positions[torch.tensor(order, device=self.device)]
+        self.positions = self.positions[torch.tensor(order, dtype=torch.long, device=self.device)]
         self.padded = self.slab.padded
