@@ -121,6 +121,13 @@ def test_cli_check_writes_a_model_card_with_the_measured_quality(model256, tmp_p
                        text.read_text())
     assert again.kl_mean == pytest.approx(recorded["kl_mean"], rel=1e-6)
     assert sorted(p.name for p in out.parent.iterdir()) == ["README.md", "model-Q4_K_M.gguf", "quality.json"]
+    # A numpy-written type (no f16 step of its own) is checked against an f16 written for the purpose.
+    proc = subprocess.run([sys.executable, "-m", "openhermes.cli", "export", str(model256), "--type", "q8_0",
+                           "--out", str(out.parent / "model-q8_0.gguf"), "--check", str(text)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    q8 = json.loads((out.parent / "quality.json").read_text())["model-q8_0.gguf"]
+    assert 0 < q8["kl_mean"] < recorded["kl_mean"]
     (out.parent / "README.md").write_text("my own notes")  # a README the user wrote is never replaced
     assert subprocess.run([sys.executable, "-m", "openhermes.cli", "export", str(model256), "--type", "q8_0",
                            "--out", str(out.parent / "m-q8.gguf")], capture_output=True).returncode == 0

@@ -136,7 +136,7 @@ def export_gguf(model_dir: str | Path, out: str | Path, qtype: str = "f16", prog
     """Write `out` next to itself and rename it over; an existing file we did not write is refused.
     f16, q8_0 and q4_0 are written by our numpy writer; K-quants and the other llama.cpp types by
     llama.cpp's quantizer from an f16 file written first (export/quantize.py), which is moved to `keep_f16`
-    if given (the reference of a quality check) instead of deleted."""
+    if given (the reference of a quality check) instead of deleted; q8_0/q4_0 write one there apart."""
     from openhermes.export.quantize import NUMPY_TYPES, QuantizeError, canonical, quantize_gguf
 
     try:
@@ -147,6 +147,8 @@ def export_gguf(model_dir: str | Path, out: str | Path, qtype: str = "f16", prog
     def fill(tmp: Path) -> None:
         if qtype in NUMPY_TYPES:
             _write_gguf(Path(model_dir), tmp, qtype, progress)
+            if keep_f16 is not None:  # no f16 step on this path: the reference is written apart
+                _write_gguf(Path(model_dir), keep_f16, "f16", progress)
             return
         f16 = tmp.with_name(tmp.name + ".f16")
         try:
