@@ -17,7 +17,7 @@ def kv(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def test_rows_keep_exactly_their_own_keys_and_values():
-    slab = Slab(LAYERS)
+    slab = Slab()
     layers = [SlabLayer(slab, i) for i in range(LAYERS)]
     expected: list[list[tuple[torch.Tensor, torch.Tensor]]] = []  # per row: per layer (keys, values)
     seed = 0

@@ -32,11 +32,10 @@ SPARE_ROWS = 4
 class Slab:
     """The batch's KV buffers and attention mask; see the module's docstring."""
 
-    def __init__(self, layers: int) -> None:
+    def __init__(self) -> None:
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.mask: torch.Tensor | None = None  # (row capacity, column capacity), 1 = real token
-        self.layers = layers
         self.rows = 0
         self.start = self.end = 0
 
@@ -77,10 +76,9 @@ class Slab:
             self.mask[:self.rows, self.start - grow_left:self.start] = 0
             self.start -= grow_left
         row = self.rows
-        for buf, (k, _) in zip(self.keys, kv, strict=True):
-            buf[row, :, self.end - n:self.end] = k[0]
-        for buf, (_, v) in zip(self.values, kv, strict=True):
-            buf[row, :, self.end - n:self.end] = v[0]
+        for kbuf, vbuf, (k, v) in zip(self.keys, self.values, kv, strict=True):
+            kbuf[row, :, self.end - n:self.end] = k[0]
+            vbuf[row, :, self.end - n:self.end] = v[0]
         self.mask[row, self.start:self.end] = 0
         self.mask[row, self.end - n:self.end] = 1
         self.rows += 1
@@ -180,7 +178,7 @@ class Batch:
         if seq.done:
             return
         if self.slab is None:  # the first sequence of this batch: buffers shaped after its cache
-            self.slab = Slab(len(kv))
+            self.slab = Slab()
             self.cache = Cache(layers=[SlabLayer(self.slab, i) for i in range(len(kv))])
             self.positions = torch.empty(0, dtype=torch.long, device=self.device)
         self.slab.add_row(kv)

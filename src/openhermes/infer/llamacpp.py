@@ -26,6 +26,7 @@ import torch
 
 from openhermes.formats import Conversation, chatml, get_format
 from openhermes.infer.engine import BaseEngine
+from openhermes.infer.prefix_cache import shared_prefix
 from openhermes.infer.sequence import Sequence
 
 N_BATCH = 512  # tokens per llama_decode call (llama.cpp's default batch)
@@ -43,14 +44,6 @@ class _Detokenizer:
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.llm.detokenize(ids, special=not skip_special_tokens).decode("utf-8", errors="replace")
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-    return int(diff[0]) if len(diff) else n
 
 
 class Slots:
@@ -79,7 +72,7 @@ class Slots:
         self.busy = [False] * parallel
         self.last_used = [0] * parallel
         self.clock = itertools.count(1)
-        self.reused_tokens = 0  # prompt tokens served from a slot's kept KV (a figure for tests and /metrics)
+        self.reused_tokens = 0  # prompt tokens served from a slot's kept KV (tests read it)
 
     @property
     def parallel(self) -> int:
@@ -92,7 +85,7 @@ class Slots:
         if not free:
             raise RuntimeError("no free llama.cpp sequence slot")
         # At least one prompt token is computed again: its logits choose the first reply token.
-        shared = {s: min(_common_prefix(self.kv[s], ids), len(ids) - 1) for s in free}
+        shared = {s: shared_prefix(self.kv[s], ids[:-1]) for s in free}
         slot = max(free, key=lambda s: (shared[s], -self.last_used[s]))
         keep = shared[slot]
         if not self.ctx.kv_cache_seq_rm(slot, keep, -1):

@@ -18,6 +18,13 @@ import torch
 MIN_REUSE = 16  # shorter shared prefixes are not worth a lookup's copy
 
 
+def shared_prefix(a, b) -> int:
+    """How many leading tokens two id sequences (lists or arrays) have in common."""
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if len(diff) else n
+
+
 class PrefixCache:
     def __init__(self, budget_mb: float = 1024, max_entries: int = 256):
         self.budget = int(budget_mb * 2**20)
@@ -42,9 +49,7 @@ class PrefixCache:
         with self._lock:
             best, best_key = 0, None
             for key, (stored, _) in self.entries.items():
-                m = min(len(stored), len(want) - 1)
-                diff = np.flatnonzero(stored[:m] != want[:m])
-                n = int(diff[0]) if len(diff) else m
+                n = shared_prefix(stored, want[:-1])
                 if n > best:
                     best, best_key = n, key
             if best < MIN_REUSE:
