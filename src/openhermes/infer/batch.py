@@ -10,8 +10,9 @@ shorter row's left part is padding, masked), and a decode step writes every row'
 column `end`. Joining, leaving and decoding write into the buffers in place; a buffer is remade
 (one copy) only when it has no room left. (transformers' DynamicCache grows by torch.cat, which
 copies the whole cache at every step, most of a step at 8 rows of 1.5k tokens, see
-benchmarks/decode_costs.py; merging a row by re-padding copied every row's cache again.) A new sequence is prefilled alone (no padding, so
-exactly its unbatched computation) and then written into a free row.
+benchmarks/decode_costs.py; merging a row by re-padding copied every row's cache again.) A new
+sequence is prefilled alone (no padding, so exactly its unbatched computation) and then written
+into a free row.
 With a PrefixCache, the prefill starts from the stored KV of the longest known prefix and computes
 only the rest; prompts after their prefill, and finished sequences, are stored for later requests.
 """
