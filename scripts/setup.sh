@@ -15,7 +15,7 @@ else
   .venv/bin/pip install -q torch==2.13.0
 fi
 extra=""
-[ "${1:-}" = "--dev" ] && extra="[dev]"
+[ "${1:-}" = "--dev" ] && extra="[dev,quant]"
 .venv/bin/pip install -q -e ".${extra}"
 if [ -n "$extra" ]; then
   # llama-cpp-python compiles llama.cpp (about 5 minutes once; later installs take pip's cached wheel).

@@ -67,6 +67,18 @@ def _is_quality_record(path: Path) -> bool:
     return isinstance(data, dict) and all(isinstance(v, dict) and "kl_mean" in v for v in data.values())
 
 
+def _template_lines(template: str | None) -> list[str]:
+    if template and "im_start" in template:
+        return ["ChatML:", "", "```", "<|im_start|>system", "{system_message}<|im_end|>", "<|im_start|>user",
+                "{prompt}<|im_end|>", "<|im_start|>assistant", "```"]
+    if template and "### Response" in template:
+        return ["LimaRP's extended Alpaca (the chat template inside the files builds it):", "", "```",
+                "### Instruction:", "{char}'s Persona: {persona}", "", "{user}'s Persona: {user persona}", "",
+                "Scenario: {scenario}", "", "Play the role of {char}. ...", "", "### Input:", "{user}: {message}",
+                "", "### Response: (length = medium)", "{char}:", "```"]
+    return ["The chat template inside the files."]
+
+
 def write_card(folder: Path, base: str | None = None) -> Path | None:
     """README.md for the openhermes GGUF files in `folder`; a README.md we did not write is left alone."""
     files = [f for p in sorted(folder.glob("*.gguf")) if (f := _gguf_facts(p)) is not None]
@@ -81,16 +93,7 @@ def write_card(folder: Path, base: str | None = None) -> Path | None:
     lines = [MARK, f"# {model} - GGUF", "",
              f"GGUF files of **{model}**" + (f", fine-tuned from `{base}`" if base else "") +
              ", written by openhermes for llama.cpp and LM Studio.", "", "## Prompt template", ""]
-    if template and "im_start" in template:
-        lines += ["ChatML:", "", "```", "<|im_start|>system", "{system_message}<|im_end|>", "<|im_start|>user",
-                  "{prompt}<|im_end|>", "<|im_start|>assistant", "```"]
-    elif template and "### Response" in template:
-        lines += ["LimaRP's extended Alpaca (the chat template inside the files builds it):", "", "```",
-                  "### Instruction:", "{char}'s Persona: {persona}", "", "{user}'s Persona: {user persona}", "",
-                  "Scenario: {scenario}", "", "Play the role of {char}. ...", "", "### Input:", "{user}: {message}",
-                  "", "### Response: (length = medium)", "{char}:", "```"]
-    else:
-        lines += ["The chat template inside the files."]
+    lines += _template_lines(template)
     lines += ["", "## Provided files", "", "| file | type | quantization method | size | perplexity | mean KL vs f16 |",
               "|---|---|---|---|---|---|"]
     for f in files:
@@ -106,3 +109,36 @@ def write_card(folder: Path, base: str | None = None) -> Path | None:
     text = "\n".join(lines) + "\n"
     return outputs.write_file(target, lambda tmp: tmp.write_text(text, encoding="utf-8"), _is_ours, "model card",
                               overwrite=False)
+
+
+LOADING = {
+    "gptq": ["```python", "from transformers import AutoModelForCausalLM, AutoRoundConfig",
+             "# a GPU with gptqmodel installed: from_pretrained(folder) alone; a CPU: AutoRound's kernels",
+             "model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=AutoRoundConfig())", "```",
+             "", "vLLM: `vllm serve FOLDER --quantization gptq`. openhermes: `openhermes chat FOLDER`."],
+}
+LOADING["awq"] = [line.replace("gptq", "awq") for line in LOADING["gptq"]]
+
+
+def folder_card(name: str, fmt: str, facts: dict, template: str | None, quality: dict | None) -> str:
+    """README.md of a GPTQ/AWQ folder: what it is, the prompt template, how it was quantized and what it lost."""
+    lines = [MARK, f"# {name} - {fmt.upper()}", "",
+             f"{fmt.upper()} weights of **{name}** ({facts['bits']}-bit, group size {facts['group_size']}), "
+             "written by openhermes.", "", "## Prompt template", ""]
+    lines += _template_lines(template)
+    lines += ["", "## Quantization", "",
+              f"- method: AutoRound {facts['autoround_version']} (SignRound, {facts['iters']} tuning steps per block"
+              + ("; 0 = round-to-nearest" if facts["iters"] == 0 else "") + f"), written in the {fmt.upper()} format",
+              f"- {facts['bits']}-bit weights, one scale per {facts['group_size']} inputs"
+              + (", symmetric" if fmt == "gptq" else ", with zero points") + "; embeddings and lm_head not quantized",
+              f"- calibration: {facts['samples']} windows of {facts['seq_len']} tokens from `{facts['calibration']}` "
+              "(the recipe's own prepared data)", "", "## Loading", ""]
+    lines += LOADING[fmt]
+    if quality:
+        lines += ["", "## Measured quality", "", "| perplexity | full model's | mean KL (nats) | same top token |",
+                  "|---|---|---|---|",
+                  f"| {quality['perplexity']:.4f} | {quality['reference_perplexity']:.4f} | {quality['kl_mean']:.5f} "
+                  f"| {quality['top1_agreement']:.1%} |", "",
+                  f"Measured by transformers on the text given to `openhermes export --check` ({quality['tokens']} "
+                  "tokens scored: the second half of each 512-token window), against the full-precision model."]
+    return "\n".join(lines) + "\n"

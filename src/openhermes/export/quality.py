@@ -1,6 +1,7 @@
 """What a quantized GGUF loses, measured through llama.cpp as its perplexity tool does: the file's
 perplexity on a text, and the mean KL divergence of its next-token distributions from the f16 file's
-(llama-perplexity --kl-divergence), plus how often both pick the same top token."""
+(llama-perplexity --kl-divergence), plus how often both pick the same top token. GPTQ/AWQ folders get the
+same figures from transformers against the full-precision folder (`measure_folder`)."""
 
 from __future__ import annotations
 
@@ -59,21 +60,56 @@ def measure(files: list[Path], reference: Path, text: str, n_ctx: int = 512) -> 
     if not chunks:
         raise ValueError("the text is too short to measure (fewer than 2 tokens)")
     ref = _logprobs(reference, chunks, n_ctx)
-    results = []
-    for path in files:
-        lp = ref if Path(path) == Path(reference) else _logprobs(path, chunks, n_ctx)
-        nll, kls, same = [], [], []
-        for ids, p, q in zip(chunks, ref, lp, strict=True):
-            first = max(1, len(ids) // 2)
-            targets = np.asarray(ids[first:])
-            rows = np.arange(first - 1, len(ids) - 1)
-            nll.append(-q[rows, targets])
-            kls.append((np.exp(p[rows]) * (p[rows] - q[rows])).sum(axis=-1))
-            same.append(p[rows].argmax(-1) == q[rows].argmax(-1))
-        nll, kl, agree = np.concatenate(nll), np.concatenate(kls), np.concatenate(same)
-        results.append(Quality(Path(path), Path(path).stat().st_size, len(nll), float(np.exp(nll.mean())),
-                               float(kl.mean()), float(np.quantile(kl, 0.99)), float(agree.mean())))
-    return results
+    return [_score(Path(path), Path(path).stat().st_size, chunks, ref,
+                   ref if Path(path) == Path(reference) else _logprobs(path, chunks, n_ctx)) for path in files]
+
+
+def _score(path: Path, size: int, chunks: list[list[int]], ref: list[np.ndarray], lp: list[np.ndarray]) -> Quality:
+    """Perplexity of `lp` and its KL divergence from `ref` over the second half of each window."""
+    nll, kls, same = [], [], []
+    for ids, p, q in zip(chunks, ref, lp, strict=True):
+        first = max(1, len(ids) // 2)
+        targets = np.asarray(ids[first:])
+        rows = np.arange(first - 1, len(ids) - 1)
+        nll.append(-q[rows, targets])
+        kls.append((np.exp(p[rows]) * (p[rows] - q[rows])).sum(axis=-1))
+        same.append(p[rows].argmax(-1) == q[rows].argmax(-1))
+    nll, kl, agree = np.concatenate(nll), np.concatenate(kls), np.concatenate(same)
+    return Quality(path, size, len(nll), float(np.exp(nll.mean())), float(kl.mean()), float(np.quantile(kl, 0.99)),
+                   float(agree.mean()))
+
+
+def measure_folder(folder: Path, reference: Path, text: str, n_ctx: int = 512) -> tuple[Quality, Quality]:
+    """The same figures for a transformers folder (GPTQ/AWQ) against the full-precision model folder it came
+    from, computed by transformers on the reference's tokens (windows of n_ctx with BOS first).
+    Returns (the folder's, the reference's own)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from openhermes.export.weight_only import quantized_load_kwargs
+
+    tok = AutoTokenizer.from_pretrained(str(reference))
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    step = n_ctx - len(bos)
+    chunks = [bos + ids[i:i + step] for i in range(0, len(ids), step) if len(ids[i:i + step]) > 1]
+    if not chunks:
+        raise ValueError("the text is too short to measure (fewer than 2 tokens)")
+
+    def logprobs(path: Path, **kwargs) -> list[np.ndarray]:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs).eval()
+        with torch.inference_mode():
+            device = next(model.parameters()).device
+            return [torch.log_softmax(model(torch.tensor([c], device=device)).logits[0].double(), -1).cpu().numpy()
+                    for c in chunks]
+
+    ref = logprobs(reference, dtype=torch.float32)
+    lp = logprobs(folder, dtype=torch.float32, **quantized_load_kwargs(folder))
+    def size(path: Path) -> int:
+        return sum(p.stat().st_size for p in Path(path).glob("*.safetensors"))
+
+    return (_score(Path(folder), size(folder), chunks, ref, lp),
+            _score(Path(reference), size(reference), chunks, ref, ref))
 
 
 def table(results: list[Quality]) -> str:

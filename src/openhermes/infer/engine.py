@@ -199,8 +199,10 @@ class Engine(BaseEngine):
                 tokenizer = AutoTokenizer.from_pretrained(str(path))
             except (OSError, ValueError) as e:
                 raise ModelLoadError(f"cannot load a tokenizer from {path}: {e}") from None
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        from openhermes.export.weight_only import quantized_load_kwargs
+
+        try:  # a GPTQ/AWQ folder loads through its kernels (quantized_load_kwargs)
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **quantized_load_kwargs(path))
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"cannot load a model from {path}: {e}") from None
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
