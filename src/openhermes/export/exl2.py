@@ -48,8 +48,9 @@ def export_exl2(model_dir: str | Path, out: str | Path, texts: list[str], *, bit
             cmd = [sys.executable, "-m", "exllamav2.conversion.convert_exl2", "-i", str(model_dir), "-o", str(work),
                    "-cf", str(compiled), "-b", str(bits), "-c", str(calibration), "-r", str(len(texts)),
                    "-mr", str(min(16, len(texts))), "-l", str(seq_len), "-ml", str(seq_len)]
-            if subprocess.run(cmd).returncode != 0:
-                raise ExportError(f"exllamav2's converter failed (command: {' '.join(cmd)})")
+            # its argument errors exit with status 0, so success is a compiled folder, not the status alone
+            if subprocess.run(cmd).returncode != 0 or not (compiled / "config.json").exists():
+                raise ExportError(f"exllamav2's converter failed, see its output above (command: {' '.join(cmd)})")
             for item in compiled.iterdir():
                 shutil.move(str(item), tmp / item.name)
 

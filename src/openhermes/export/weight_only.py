@@ -9,8 +9,10 @@ points). transformers loads either: on a GPU through gptqmodel, on a CPU through
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,11 +27,21 @@ QUANT_METHODS = ("gptq", "awq")
 INSTALL_HINT = "pip install 'openhermes[quant]' (AutoRound and its CPU kernels)"
 
 
+class _ApiAdvice(logging.Filter):
+    """Drops AutoRound's advice to its own API users ("recommended usage is alg_configs=..."): noise to ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "recommended usage" not in record.getMessage()
+
+
 def _auto_round():
     try:
         from auto_round import AutoRound
     except ImportError:
         raise ExportError(f"GPTQ/AWQ export needs AutoRound: {INSTALL_HINT}") from None
+    log = logging.getLogger("autoround")
+    if not any(isinstance(f, _ApiAdvice) for f in log.filters):
+        log.addFilter(_ApiAdvice())
     return AutoRound
 
 
@@ -127,4 +139,6 @@ def quantized_load_kwargs(folder: str | Path) -> dict:
     except ImportError:
         raise ModelLoadError(f"{folder} holds {method.upper()} weights: loading them needs {INSTALL_HINT}, "
                              f"or gptqmodel on a CUDA GPU") from None
+    # transformers warns that the folder's own config wins over the one passed: it does, and only the backend is ours
+    warnings.filterwarnings("ignore", message="You passed `quantization_config`", category=UserWarning)
     return {"quantization_config": AutoRoundConfig(backend="auto")}
