@@ -128,3 +128,26 @@ def test_a_cancelled_sequence_frees_its_slot(engine):
     batch.add(extra)  # the freed slot takes it
     batch.step()
     assert len(batch) == 4 and len(extra.generated) == 1
+
+
+def test_a_step_hands_llama_cpp_its_sequences_in_slot_order(gguf):
+    """With a KV cache per sequence, llama.cpp puts only consecutive sequence ids, in batch order, into one
+    micro-batch: conversations that come back in another order than their slots must still be fed in slot order
+    (else one step becomes several passes over the weights). Their replies equal each one alone."""
+    engine = LlamaCppEngine(gguf, parallel=4)
+    firsts = engine.generate([request(engine, ask(t), 8) for t in TOPICS])
+    turns = [ask(t) + [{"role": "assistant", "content": f.text}, {"role": "user", "content": "More."}]
+             for t, f in zip(TOPICS, firsts, strict=True)]
+    batch = engine.new_batch()
+    seqs = [engine.sequence(request(engine, turns[i], 12)) for i in reversed(range(4))]  # they come back reversed
+    for s in seqs:
+        batch.add(s)
+    assert [r.slot for r in batch.running] == [3, 2, 1, 0]  # each went back to its own conversation's slot
+    while len(batch):
+        batch.step()
+        b = engine.slots.batch.batch
+        ids = [b.seq_id[i][0] for i in range(b.n_tokens)]
+        assert ids == sorted(ids), ids
+    alone = LlamaCppEngine(gguf, parallel=1)
+    assert [s.result().token_ids for s in seqs] == \
+        [alone.generate([request(alone, turns[i], 12)])[0].token_ids for i in reversed(range(4))]
