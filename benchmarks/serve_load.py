@@ -7,12 +7,14 @@ tokens per second, and the ratio (target >= 3x with 8 clients).
 `--engine llama.cpp` serves the model as an f16 GGUF (exported first) with `--parallel CLIENTS`; with
 `--llama-server PATH` the same concurrent load also goes to llama.cpp's own server on the same GGUF
 (`-np CLIENTS`, same threads and context per sequence; build it with scripts/build_llama_server.sh).
-`--wider` serves a ~160M-parameter Mistral-shaped model with random weights instead of the embedded
-default: the tiny model decodes a token in a fraction of a millisecond, so its figures measure the HTTP
-path; a bigger model's step is mostly its weights' work, as a 7B model's is, and that is what batching shares.
+`--repeats N` measures both servers in N alternating rounds (both stay up) and prints medians, so the
+machine's speed drift reaches both alike. `--wider` serves a ~160M-parameter Mistral-shaped model with random
+weights instead of the embedded default: the tiny model decodes a token in a fraction of a millisecond, so its
+figures measure the HTTP path; a bigger model's step is mostly its weights' work, as a 7B model's is, and that is
+what batching shares.
 
     python benchmarks/serve_load.py [--model runs/tiny/model] [--clients 8] [--requests 32] [--tokens 64]
-                                    [--engine torch|llama.cpp] [--llama-server PATH] [--wider]
+                                    [--engine torch|llama.cpp] [--llama-server PATH] [--wider] [--repeats N]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import statistics
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -108,6 +111,7 @@ def main() -> None:
     ap.add_argument("--engine", choices=["torch", "llama.cpp"], default="torch")
     ap.add_argument("--llama-server", type=Path, help="llama.cpp's llama-server binary (with --engine llama.cpp)")
     ap.add_argument("--wider", action="store_true", help="a ~160M-parameter random Mistral-shaped model")
+    ap.add_argument("--repeats", type=int, default=1, help="llama.cpp: rounds, each measuring both servers in turn")
     args = ap.parse_args()
     name, flags = cpu_model_and_flags()
     threads = len(os.sched_getaffinity(0))
@@ -125,24 +129,32 @@ def main() -> None:
         from openhermes.export.gguf import export_gguf
 
         gguf = export_gguf(folder, Path(tmp) / "model-f16.gguf", "f16", progress=False)
-        with running_server(gguf, "--engine", "llama.cpp", "--parallel", str(args.clients)) as url:
-            seq, con = measure(url, args, "openhermes llama.cpp", keepalive=False)
-        print(f"aggregate throughput: {con / seq:.2f}x with {args.clients} concurrent clients (target >= 3x)")
-        if args.llama_server is None:
-            return
-        from gguf import GGUFReader
+        with ExitStack() as servers:
+            ours = servers.enter_context(running_server(gguf, "--engine", "llama.cpp", "--parallel", str(args.clients)))
+            ref = None
+            if args.llama_server is not None:
+                from gguf import GGUFReader
 
-        reader = GGUFReader(gguf)
-        window = int(reader.get_field("llama.context_length").contents())
-        port = free_port()
-        cmd = [str(args.llama_server), "-m", str(gguf), "--port", str(port), "-np", str(args.clients),
-               "-c", str(window * args.clients), "-t", str(threads), "-tb", str(threads), "--no-webui",
-               "--log-disable"]
-        with running_process(cmd, port) as url:
-            ref_seq, ref_con = measure(url, args, "llama-server", keepalive=False)
-        print(f"openhermes llama.cpp engine vs llama-server, {args.clients} clients: {con / ref_con:.2f}x "
-              f"(1 client: {seq / ref_seq:.2f}x)")
-
+                window = int(GGUFReader(gguf).get_field("llama.context_length").contents())
+                port = free_port()
+                cmd = [str(args.llama_server), "-m", str(gguf), "--port", str(port), "-np", str(args.clients),
+                       "-c", str(window * args.clients), "-t", str(threads), "-tb", str(threads), "--no-webui",
+                       "--log-disable"]
+                ref = servers.enter_context(running_process(cmd, port))
+            # Both servers stay up and are measured in turns, so the machine's drift reaches both alike.
+            rounds = []
+            for r in range(args.repeats):
+                print(f"-- round {r + 1} of {args.repeats}")
+                seq, con = measure(ours, args, "openhermes llama.cpp", keepalive=False)
+                ref_seq, ref_con = measure(ref, args, "llama-server", keepalive=False) if ref else (None, None)
+                rounds.append((seq, con, ref_seq, ref_con))
+        med = [statistics.median(x) if x[0] is not None else None for x in zip(*rounds, strict=True)]
+        print(f"aggregate throughput (median of {args.repeats}): {med[1] / med[0]:.2f}x with {args.clients} concurrent "
+              f"clients (target >= 3x); per round: {', '.join(f'{c / s:.2f}x' for s, c, _, _ in rounds)}")
+        if ref is not None:
+            print(f"llama-server: {med[3] / med[2]:.2f}x; openhermes llama.cpp engine vs llama-server, "
+                  f"{args.clients} clients: {med[1] / med[3]:.2f}x (1 client: {med[0] / med[2]:.2f}x); per round: "
+                  f"{', '.join(f'{c / rc:.2f}x' for _, c, _, rc in rounds)}")
 
 if __name__ == "__main__":
     main()
