@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -40,9 +41,10 @@ from _common import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+_RUNS = itertools.count(1)
 
 
-async def one_request(client: httpx.AsyncClient, url: str, i: int, tokens: int) -> dict:
+async def one_request(client: httpx.AsyncClient, url: str, i: str, tokens: int) -> dict:
     body = {"messages": [{"role": "user", "content": f"Request {i}: tell me a story."}], "stream": True,
             "max_tokens": tokens, "ignore_eos": True, "temperature": 0, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
@@ -63,7 +65,10 @@ async def one_request(client: httpx.AsyncClient, url: str, i: int, tokens: int) 
 
 
 async def run(url: str, n_requests: int, clients: int, tokens: int, keepalive: bool = True) -> tuple[list[dict], float]:
-    queue = list(range(n_requests))
+    # Every request's text is new: llama-server keeps earlier prompts' KV in host memory (--cache-ram), so a prompt
+    # sent again would be a cache hit there and not here, which is not what clients do.
+    nonce = next(_RUNS)
+    queue = [f"{nonce}.{i}" for i in range(n_requests)]
     results: list[dict] = []
 
     async def worker(client):
