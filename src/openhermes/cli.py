@@ -343,7 +343,8 @@ def export(model: Path = typer.Argument(..., help="A model folder (full fine-tun
                                        "(at most the model's context)."),
            iters: int = typer.Option(200, "--iters", help="gptq/awq: AutoRound's tuning steps per block "
                                      "(0 = round-to-nearest, fast)."),
-           card: bool = typer.Option(True, help="Write README.md (a model card listing the folder's GGUF files)."),
+           card: bool = typer.Option(True, help="GGUF: write README.md (a model card listing the folder's GGUF "
+                                     "files). A gptq/awq folder always gets its card."),
            overwrite: bool = typer.Option(False, help="Replace an existing file that openhermes did not write.")) -> None:
     """Write a GGUF file that llama.cpp and LM Studio run (architecture llama, chat template inside), or a
     GPTQ/AWQ/EXL2 folder as the card's quantized releases."""
