@@ -44,7 +44,7 @@ def test_folder_is_the_format_and_loads_in_transformers(exported, fmt):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from openhermes.export.weight_only import quantized_load_kwargs
+    from openhermes.model.load import quantized_load_kwargs
 
     model_dir, _, folders = exported
     folder = folders[fmt]

@@ -86,7 +86,7 @@ def measure_folder(folder: Path, reference: Path, text: str, n_ctx: int = 512) -
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from openhermes.export.weight_only import quantized_load_kwargs
+    from openhermes.model.load import quantized_load_kwargs
 
     tok = AutoTokenizer.from_pretrained(str(reference))
     ids = tok(text, add_special_tokens=False)["input_ids"]

@@ -4,7 +4,7 @@ through Intel's AutoRound (`auto-round`), the maintained quantizer that runs on 
 rounding on calibration tokens (SignRound; `iters=0` is plain round-to-nearest) and writes the packing the
 formats define: GPTQ (`quant_method: gptq`, symmetric) and AWQ (`quant_method: awq`, GEMM layout with zero
 points). transformers loads either: on a GPU through gptqmodel, on a CPU through AutoRound's kernels
-(`load_quantized`); vLLM serves them with `--quantization gptq|awq`."""
+(model/load.py's `quantized_load_kwargs`); vLLM serves them with `--quantization gptq|awq`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import json
 import logging
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
@@ -20,11 +19,9 @@ import torch
 from openhermes import outputs
 from openhermes.export.card import folder_card
 from openhermes.export.gguf import ExportError
-from openhermes.model.load import ModelLoadError, save_tokenizer
+from openhermes.model.load import QUANT_INSTALL_HINT, ModelLoadError, save_tokenizer
 
 FORMATS = {"gptq": "auto_gptq", "awq": "auto_awq"}  # ours -> AutoRound's export format
-QUANT_METHODS = ("gptq", "awq")
-INSTALL_HINT = "pip install 'openhermes[quant]' (AutoRound and its CPU kernels)"
 
 
 class _ApiAdvice(logging.Filter):
@@ -38,7 +35,7 @@ def _auto_round():
     try:
         from auto_round import AutoRound
     except ImportError:
-        raise ExportError(f"GPTQ/AWQ export needs AutoRound: {INSTALL_HINT}") from None
+        raise ExportError(f"GPTQ/AWQ export needs AutoRound: {QUANT_INSTALL_HINT}") from None
     log = logging.getLogger("autoround")
     if not any(isinstance(f, _ApiAdvice) for f in log.filters):
         log.addFilter(_ApiAdvice())
@@ -110,35 +107,3 @@ def export_weight_only(model_dir: str | Path, out: str | Path, fmt: str, windows
 
     path = outputs.write_folder(target, "quantized-model", fill, overwrite=overwrite)
     return path, measured or None
-
-
-def quant_method(folder: str | Path) -> str | None:
-    """`gptq` or `awq` for a folder holding such weights, else None."""
-    path = Path(folder) / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    method = (config.get("quantization_config") or {}).get("quant_method")
-    return method if method in QUANT_METHODS else None
-
-
-def quantized_load_kwargs(folder: str | Path) -> dict:
-    """from_pretrained arguments for a GPTQ/AWQ folder: transformers' own path (gptqmodel) where it is
-    installed with a GPU, else AutoRound's kernels, which also run on a CPU; {} for other folders."""
-    method = quant_method(folder)
-    if method is None:
-        return {}
-    import importlib.util
-
-    if torch.cuda.is_available() and importlib.util.find_spec("gptqmodel") is not None:
-        return {}
-    try:
-        import auto_round  # noqa: F401  (AutoRoundConfig's kernels live there)
-        from transformers import AutoRoundConfig
-    except ImportError:
-        raise ModelLoadError(f"{folder} holds {method.upper()} weights: loading them needs {INSTALL_HINT}, "
-                             f"or gptqmodel on a CUDA GPU") from None
-    # transformers warns that the folder's own config wins over the one passed: it does, and only the backend is ours
-    warnings.filterwarnings("ignore", message="You passed `quantization_config`", category=UserWarning)
-    return {"quantization_config": AutoRoundConfig(backend="auto")}

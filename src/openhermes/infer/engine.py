@@ -187,7 +187,7 @@ class Engine(BaseEngine):
         """Load a model folder (or hub id); weights in bf16 on a GPU, fp32 on a CPU."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from openhermes.model.load import ModelLoadError
+        from openhermes.model.load import ModelLoadError, quantized_load_kwargs
 
         device = device or default_device()
         if dtype is None:
@@ -199,8 +199,6 @@ class Engine(BaseEngine):
                 tokenizer = AutoTokenizer.from_pretrained(str(path))
             except (OSError, ValueError) as e:
                 raise ModelLoadError(f"cannot load a tokenizer from {path}: {e}") from None
-        from openhermes.export.weight_only import quantized_load_kwargs
-
         try:  # a GPTQ/AWQ folder loads through its kernels (quantized_load_kwargs)
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **quantized_load_kwargs(path))
         except (OSError, ValueError) as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import warnings
@@ -15,6 +16,10 @@ from openhermes.formats import chatml, limarp
 
 class ModelLoadError(RuntimeError):
     pass
+
+
+QUANTIZED_FORMATS = ("gptq", "awq")  # folders `export --to gptq|awq` writes
+QUANT_INSTALL_HINT = "pip install 'openhermes[quant]' (AutoRound and its CPU kernels)"
 
 
 def load_tokenizer(name_or_path: str | Path, prompt_format: str = "chatml", extra_special: dict | None = None,
@@ -185,3 +190,33 @@ def apply_lora(model, *, r: int, alpha: int, dropout: float, target_linear: bool
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM",
                      trainable_token_indices=token_rows, modules_to_save=modules_to_save)
     return get_peft_model(model, cfg)
+
+
+def quant_method(folder: str | Path) -> str | None:
+    """`gptq` or `awq` for a folder holding such weights, else None."""
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    method = (config.get("quantization_config") or {}).get("quant_method")
+    return method if method in QUANTIZED_FORMATS else None
+
+
+def quantized_load_kwargs(folder: str | Path) -> dict:
+    """from_pretrained arguments for a GPTQ/AWQ folder: transformers' own path (gptqmodel) where it is
+    installed with a GPU, else AutoRound's kernels, which also run on a CPU; {} for other folders."""
+    method = quant_method(folder)
+    if method is None:
+        return {}
+    if torch.cuda.is_available() and importlib.util.find_spec("gptqmodel") is not None:
+        return {}
+    try:
+        import auto_round  # noqa: F401  (AutoRoundConfig's kernels live there)
+        from transformers import AutoRoundConfig
+    except ImportError:
+        raise ModelLoadError(f"{folder} holds {method.upper()} weights: loading them needs {QUANT_INSTALL_HINT}, "
+                             f"or gptqmodel on a CUDA GPU") from None
+    # transformers warns that the folder's own config wins over the one passed: it does, and only the backend is ours
+    warnings.filterwarnings("ignore", message="You passed `quantization_config`", category=UserWarning)
+    return {"quantization_config": AutoRoundConfig(backend="auto")}
