@@ -48,9 +48,13 @@ def chunk_tokens(reference: Path, text: str, n_ctx: int = 512) -> list[list[int]
 
     llm = llama_cpp.Llama(str(reference), n_ctx=n_ctx, vocab_only=True, verbose=False)
     ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-    bos = llm.token_bos()
-    step = n_ctx - 1
-    return [[bos, *ids[i:i + step]] for i in range(0, len(ids), step) if len(ids[i:i + step]) > 1]
+    return _windows(ids, [llm.token_bos()], n_ctx)
+
+
+def _windows(ids: list[int], bos: list[int], n_ctx: int) -> list[list[int]]:
+    """Windows of n_ctx tokens, each starting with `bos` (as llama-perplexity cuts a text)."""
+    step = n_ctx - len(bos)
+    return [bos + list(ids[i:i + step]) for i in range(0, len(ids), step) if len(ids[i:i + step]) > 1]
 
 
 def measure(files: list[Path], reference: Path, text: str, n_ctx: int = 512) -> list[Quality]:
@@ -90,9 +94,7 @@ def measure_folder(folder: Path, reference: Path, text: str, n_ctx: int = 512) -
 
     tok = AutoTokenizer.from_pretrained(str(reference))
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    step = n_ctx - len(bos)
-    chunks = [bos + ids[i:i + step] for i in range(0, len(ids), step) if len(ids[i:i + step]) > 1]
+    chunks = _windows(ids, [tok.bos_token_id] if tok.bos_token_id is not None else [], n_ctx)
     if not chunks:
         raise ValueError("the text is too short to measure (fewer than 2 tokens)")
 
