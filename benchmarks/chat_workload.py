@@ -38,8 +38,8 @@ async def conversation(client: httpx.AsyncClient, url: str, user: int, turns: in
     history = [{"role": "system", "content": persona(user)}]
     out = []
     for t in range(turns):
-        history.append({"role": "user", "content": f"Turn {t}: I draw my sword and look at the gate {user}."})
-        body = {"messages": history, "stream": True, "max_tokens": tokens, "ignore_eos": True, "temperature": 0,
+        history.append({"role": "user", "content": f"Turn {t}: I wait, gate {user}."})
+        body = {"messages": history, "stream": True, "max_tokens": tokens, "min_tokens": tokens, "temperature": 0,
                 "stream_options": {"include_usage": True}}
         start, first, usage, text = time.perf_counter(), None, None, []
         async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:

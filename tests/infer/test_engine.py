@@ -45,6 +45,25 @@ def test_chatml_reply_stops_at_im_end_and_never_runs_into_the_next_turn(scripted
     assert chatml_tokenizer.convert_tokens_to_ids("<|im_start|>") not in r.token_ids
 
 
+def test_min_tokens_in_a_batch_equals_transformers_min_new_tokens(scripted):
+    """Rows under min_tokens (their stop tokens banned, taken batched) beside rows without, and a sampled row:
+    each greedy row is what transformers' generate gives with min_new_tokens and the same stop tokens."""
+    engine, _ = scripted("Answer briefly<|im_end|><|im_start|>user")
+    prompt = engine.chat_prompt([{"role": "user", "content": "hi"}])
+    mins = [0, 2, 5, 9]
+    reqs = [GenerationRequest(prompt, GREEDY, 12, min_tokens=m) for m in mins]
+    sampled = GenerationRequest(prompt, SamplingParams(temperature=0.8, seed=1), 12, min_tokens=4)
+    results = engine.generate([*reqs, sampled])
+    stops = sorted(engine.stop_ids)
+    for m, r in zip(mins, results, strict=False):
+        ref = engine.model.generate(torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=m, do_sample=False,
+                                    eos_token_id=stops, pad_token_id=0)[0, len(prompt):].tolist()
+        assert r.token_ids == [t for t in ref if t not in stops], m
+        assert not set(r.token_ids[:m]) & set(stops)
+    assert results[0].finish_reason == "stop" and results[3].completion_tokens > 3  # the ban changed the reply
+    assert len(results[4].token_ids) >= 4 and not set(results[4].token_ids[:4]) & set(stops)
+
+
 def test_a_reply_that_skips_im_end_still_stops_before_im_start(scripted):
     engine, _ = scripted("Hermes<|im_start|>user")
     r = engine.generate([GenerationRequest(engine.chat_prompt([{"role": "user", "content": "hi"}]), GREEDY, 20)])[0]

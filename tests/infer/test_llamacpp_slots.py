@@ -151,3 +151,16 @@ def test_a_step_hands_llama_cpp_its_sequences_in_slot_order(gguf):
     alone = LlamaCppEngine(gguf, parallel=1)
     assert [s.result().token_ids for s in seqs] == \
         [alone.generate([request(alone, turns[i], 12)])[0].token_ids for i in reversed(range(4))]
+
+
+def test_min_tokens_rows_pick_what_the_sampler_picks(engine):
+    """Greedy rows under min_tokens are picked on the batch's fast path with their stop tokens removed: the same
+    replies as the sampler's path (forced by a zero logit bias, same logits), and no stop before min_tokens."""
+    plain = engine.generate([request(engine, ask(t), 24) for t in TOPICS])
+    fast = engine.generate([request(engine, ask(t), 24, min_tokens=16) for t in TOPICS])
+    slow_params = PRESETS["greedy"].with_(logit_bias=((5, 0.0),))
+    slow = engine.generate([GenerationRequest(engine.chat_prompt(ask(t)), slow_params, 24, min_tokens=16)
+                            for t in TOPICS])
+    assert [r.token_ids for r in fast] == [r.token_ids for r in slow]
+    assert all(r.completion_tokens >= 16 for r in fast)
+    assert any(r.completion_tokens < 16 for r in plain)  # the trained model stops sooner by itself

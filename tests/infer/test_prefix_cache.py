@@ -60,3 +60,28 @@ def test_lookup_never_takes_the_whole_prompt():
     assert cache.lookup(list(range(100, 140))) is None
     n, _ = cache.lookup(ids[:30] + [999] * 10)
     assert n == 30
+
+
+def test_a_reply_is_kept_even_when_the_server_cancels_its_request_first(chat_model, chatml_tokenizer):
+    """A server cancels every request once its response is sent, which can come before the batch drops the
+    finished row: the reply's KV must still be kept, so the next turn (prompt + reply + new message) reuses it."""
+    engine = Engine(chat_model, chatml_tokenizer, prefix_cache_mb=64)
+    prompt = engine.chat_prompt([SYSTEM, {"role": "user", "content": "Tell me about the gate."}])
+    seqs = []
+
+    def cancel_on_done(result):
+        seqs[0].cancel()  # as the HTTP side does in its finally, on another thread, as soon as it has the result
+
+    seqs.append(engine.sequence(GenerationRequest(prompt, PRESETS["greedy"], 10, ignore_eos=True),
+                                on_done=cancel_on_done))
+    other = engine.sequence(GenerationRequest(prompt[:-3], PRESETS["greedy"], 30, ignore_eos=True))
+    batch = engine.new_batch()
+    batch.add(seqs[0])
+    batch.add(other)  # still running when the first finishes: the first row leaves a batch that goes on
+    while len(batch):
+        batch.step()
+    first = seqs[0].result()
+    assert first.finish_reason == "length" and len(first.token_ids) == 10
+    next_turn = prompt + first.token_ids + chatml_tokenizer.encode("<|im_end|>\n", add_special_tokens=False)
+    n, _ = engine.prefix_cache.lookup(next_turn)
+    assert n == len(prompt) + 9  # all but the last reply token, whose KV a finished row never computes

@@ -56,6 +56,26 @@ def test_streamed_chat_matches_plain_and_reports_usage(client):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
 
 
+def test_the_next_turn_reports_its_reused_prompt_as_cached_tokens(server, client):
+    """A chat client resends the conversation: OpenAI's usage.prompt_tokens_details.cached_tokens says how much of
+    it was not computed again (at least the previous prompt), and /metrics counts it."""
+    before = server.metric("openhermes_prompt_tokens_cached_total")
+    history = [{"role": "system", "content": "You are Brannoc, keeper of the western tower."},
+               {"role": "user", "content": "Who goes there?"}]
+    usages = []
+    for turn in range(2):
+        chunks = list(client.chat.completions.create(model="tiny-chat", messages=history, temperature=0, max_tokens=8,
+                                                     stream=True, stream_options={"include_usage": True}))
+        usages.append(chunks[-1].usage)
+        history += [{"role": "assistant", "content": "".join(c.choices[0].delta.content or "" for c in chunks
+                                                             if c.choices)},
+                    {"role": "user", "content": f"Answer me, turn {turn}."}]
+    assert usages[0].prompt_tokens_details.cached_tokens == 0  # nothing of this conversation was seen before
+    cached = usages[1].prompt_tokens_details.cached_tokens
+    assert usages[0].prompt_tokens <= cached < usages[1].prompt_tokens
+    assert server.metric("openhermes_prompt_tokens_cached_total") - before == cached
+
+
 def test_max_tokens_gives_finish_reason_length(client):
     r = client.chat.completions.create(model="tiny-chat", messages=MESSAGES, temperature=0, max_tokens=3,
                                        extra_body={"ignore_eos": True})

@@ -168,6 +168,7 @@ class Batch:
         start = 0
         if hit is not None:
             start, layers = hit
+            seq.cached_tokens = start
             for i, (k, v) in enumerate(layers):
                 cache.update(k, v, i)
         # Positions follow from the cache's length: the suffix is computed as if the prefix had just been.
@@ -193,7 +194,7 @@ class Batch:
         if not self.rows:
             return
         for seq in self.rows:
-            if seq.cancelled.is_set():
+            if seq.cancelled.is_set() and not seq.done:
                 seq.finish_cancelled()
         live = [i for i, s in enumerate(self.rows) if not s.done]
         if len(live) < len(self.rows):
@@ -209,10 +210,18 @@ class Batch:
         slab.end += 1
         self.positions = self.positions + 1
         logits = out.logits[:, -1]
-        greedy = [s.plain_greedy for s in self.rows]
-        argmax = logits.argmax(-1).tolist() if any(greedy) else None
+        bans = [s.greedy_bans for s in self.rows]
+        argmax = None
+        if any(b is not None for b in bans):
+            picks = logits
+            if any(bans):  # rows under min_tokens: their stop tokens cannot be chosen
+                picks = logits.clone()
+                for i, b in enumerate(bans):
+                    if b:
+                        picks[i, b] = float("-inf")
+            argmax = picks.argmax(-1).tolist()
         for i, seq in enumerate(self.rows):
-            if greedy[i]:
+            if bans[i] is not None:
                 seq.push(argmax[i])
             else:
                 seq.advance(logits[i])
@@ -221,10 +230,12 @@ class Batch:
             self._keep(live)
 
     def _keep(self, live: list[int]) -> None:
-        """Drop finished rows (storing each one's KV, prompt + reply: the client's next turn starts with both)."""
+        """Drop finished rows (storing each one's KV, prompt + reply: the client's next turn starts with both).
+        A reply that ended by itself is stored even if its request was cancelled since: a server cancels every
+        request once its response is sent, which can happen before this runs."""
         if self.prefix_cache is not None:
             for i, seq in enumerate(self.rows):
-                if i not in live and not seq.cancelled.is_set():
+                if i not in live and seq.finish_reason != "cancelled":
                     kv = self.slab.row_kv(i)
                     self.prefix_cache.store(seq.ids[:kv[0][0].shape[2]], kv)
         order = self.slab.keep(live)  # with no rows left the buffers stay: the next request writes into them

@@ -159,12 +159,12 @@ class SlotBatch:
             return
         if len(self.running) >= self.slots.parallel:
             raise RuntimeError(f"the llama.cpp engine holds {self.slots.parallel} sequences at once")
-        slot, _ = self.slots.acquire(seq.ids)
+        slot, seq.cached_tokens = self.slots.acquire(seq.ids)
         self.running.append(_Row(seq, slot))
 
     def step(self) -> None:
         for row in self.running:
-            if row.seq.cancelled.is_set():
+            if row.seq.cancelled.is_set() and not row.seq.done:
                 row.seq.finish_cancelled()
         self._drop_done()
         if not self.running:
@@ -187,7 +187,11 @@ class SlotBatch:
         for (row, _, last), row_logits in zip(work, logits, strict=True):
             if not last:
                 continue
-            if row.seq.plain_greedy:
+            bans = row.seq.greedy_bans
+            if bans is not None:
+                if bans:  # under min_tokens: the stop tokens cannot be chosen
+                    row_logits = row_logits.copy()
+                    row_logits[bans] = float("-inf")
                 row.seq.push(int(row_logits.argmax()))
             else:
                 row.seq.advance(torch.from_numpy(row_logits))

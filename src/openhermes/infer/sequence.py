@@ -52,6 +52,7 @@ class GenerationResult:
     prompt_tokens: int
     completion_tokens: int
     logprobs: list[TokenLogprob] | None = None
+    cached_tokens: int = 0  # prompt tokens whose KV was reused from an earlier request (not computed again)
 
 
 # on_delta(text) is called with each new piece of text; on_done(result) once at the end.
@@ -82,6 +83,7 @@ class Sequence:
         self.text = ""
         self.emitted = 0
         self.finish_reason: str | None = None
+        self.cached_tokens = 0  # set by the engine when the prompt's prefill reuses a known prefix
         self.cancelled = threading.Event()
         self.on_delta = on_delta
         self.on_done = on_done
@@ -102,10 +104,13 @@ class Sequence:
         self.cancelled.set()
 
     @property
-    def plain_greedy(self) -> bool:
-        """The next token is the argmax of the raw logits (the batch can take it for many rows at once)."""
-        return (self.sampler.plain_greedy and self.constraint is None and self.logprobs is None
-                and len(self.generated) >= self.request.min_tokens)
+    def greedy_bans(self) -> list[int] | None:
+        """When the next token is the argmax of the raw logits with these ids removed (the stop tokens, before
+        min_tokens), so the batch can take it for many rows at once: the ids ([] for none); None when the
+        sampler must run."""
+        if not (self.sampler.plain_greedy and self.constraint is None and self.logprobs is None):
+            return None
+        return self.banned if len(self.generated) < self.request.min_tokens else []
 
     def advance(self, logits: torch.Tensor) -> None:
         """Choose the next token from this step's logits (V,) and take it."""
@@ -190,4 +195,4 @@ class Sequence:
     def result(self) -> GenerationResult:
         return GenerationResult(self.text, list(self.generated), self.finish_reason or "length",
                                 len(self.request.prompt_ids), len(self.generated),
-                                list(self.logprobs) if self.logprobs is not None else None)
+                                list(self.logprobs) if self.logprobs is not None else None, self.cached_tokens)

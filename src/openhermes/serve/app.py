@@ -162,7 +162,9 @@ def create_app(engine: BaseEngine, *, api_key: str | None = None, max_batch_size
 
         def finished() -> None:
             metrics.requests.labels(path, "200").inc()
-            metrics.prompt_tokens.inc(_usage(gens, results)["prompt_tokens"])
+            usage = _usage(gens, results)
+            metrics.prompt_tokens.inc(usage["prompt_tokens"])
+            metrics.cached_tokens.inc(usage["prompt_tokens_details"]["cached_tokens"])
             metrics.completion_tokens.inc(sum(r.completion_tokens for r in results.values()))
             metrics.latency.observe(time.perf_counter() - started)
 
@@ -469,7 +471,14 @@ def _nothing(gen: GenerationRequest) -> GenerationResult:
 def _usage(gens: list[GenerationRequest], results: dict[int, GenerationResult]) -> dict:
     prompt = sum({id(g.prompt_ids): len(g.prompt_ids) for g in gens}.values())  # n choices share one prompt
     completion = sum(r.completion_tokens for r in results.values())
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    # OpenAI's prompt_tokens_details.cached_tokens (as vLLM reports prefix-cache hits): per prompt, the fewest
+    # reused among the choices that share it.
+    cached: dict[int, int] = {}
+    for i, g in enumerate(gens):
+        if i in results:
+            cached[id(g.prompt_ids)] = min(cached.get(id(g.prompt_ids), len(g.prompt_ids)), results[i].cached_tokens)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": sum(cached.values())}}
 
 
 @dataclass

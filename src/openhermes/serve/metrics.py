@@ -13,6 +13,8 @@ class Metrics:
         self.requests = Counter("openhermes_requests", "HTTP API requests by path and status", ["path", "status"],
                                 registry=r)
         self.prompt_tokens = Counter("openhermes_prompt_tokens", "Prompt tokens of finished requests", registry=r)
+        self.cached_tokens = Counter("openhermes_prompt_tokens_cached", "Prompt tokens of finished requests whose KV "
+                                     "was reused from an earlier request (prefix cache, slot reuse)", registry=r)
         self.completion_tokens = Counter("openhermes_completion_tokens", "Generated tokens of finished requests",
                                          registry=r)
         self.cancelled = Counter("openhermes_cancelled_requests", "Requests stopped because the client went away",
