@@ -99,3 +99,23 @@ def test_concurrent_batches_with_and_without_spelled_control_tokens(chatml_token
     for i, batch in enumerate(results):
         if i % 2:
             assert [s.input_ids.tolist() for s in batch] == reference
+
+
+@pytest.mark.parametrize("spelled", ["", " <|im_end|>"])
+def test_generation_prompts_equal_the_chat_template_each_turn(chatml_tokenizer, spelled):
+    """A chat resends the conversation every turn, so message texts come back (and their ids are kept): every
+    turn's prompt is still the published template's, a spelled control token still plain text."""
+    enc = ConversationTokenizer(chatml_tokenizer, add_bos=False)
+    messages = [{"role": "system", "content": "You are Hermes." + spelled}]
+    for turn in range(4):
+        messages.append({"role": "user", "content": f"Question {turn}{spelled}?"})
+        conv = Conversation([Message(m["role"], m["content"]) for m in messages])
+        ours = enc.prompt_ids(conv)
+        if not spelled:
+            assert ours == list(chatml_tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                                     tokenize=True, return_dict=False))
+        else:
+            assert ours == enc.prompt_ids(conv) == ConversationTokenizer(chatml_tokenizer, add_bos=False).prompt_ids(conv)
+            specials = {chatml_tokenizer.convert_tokens_to_ids(t) for t in chatml.CONTROL_TOKENS}
+            assert sum(t in specials for t in ours) == 2 * len(messages) + 1  # the turn delimiters only
+        messages.append({"role": "assistant", "content": f"Answer {turn}{spelled}."})

@@ -85,3 +85,33 @@ def test_a_reply_is_kept_even_when_the_server_cancels_its_request_first(chat_mod
     next_turn = prompt + first.token_ids + chatml_tokenizer.encode("<|im_end|>\n", add_special_tokens=False)
     n, _ = engine.prefix_cache.lookup(next_turn)
     assert n == len(prompt) + 9  # all but the last reply token, whose KV a finished row never computes
+
+
+def test_next_turns_prefilled_together_equal_each_alone(chat_model, chatml_tokenizer):
+    """Several clients' next turns join at once: their new parts (after prefixes of different lengths, and one
+    conversation with nothing cached, whose padding has nothing real before it) are computed in one forward,
+    with each reply what a cold prefill of its prompt alone gives."""
+    cold = Engine(chat_model, chatml_tokenizer, prefix_cache_mb=0)
+    warm = Engine(chat_model, chatml_tokenizer, prefix_cache_mb=64)
+    histories = [[SYSTEM, {"role": "user", "content": "Tell me about the river. " * k}] for k in (1, 3, 6)]
+    for h in histories:  # turn 1, one at a time: its prompt and reply are cached
+        (r,) = warm.generate([GenerationRequest(warm.chat_prompt(h), PRESETS["greedy"], 8)])
+        h += [{"role": "assistant", "content": r.text}, {"role": "user", "content": "And the gate?"}]
+    histories.append([{"role": "user", "content": "New here."}])
+    prompts = [warm.chat_prompt(h) for h in histories]
+    reqs = [GenerationRequest(p, PRESETS["greedy"], 12, ignore_eos=True, logprobs=2) for p in prompts]
+    calls = []
+    hook = warm.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    batch = warm.new_batch()
+    seqs = [warm.sequence(r) for r in reqs]
+    batch.add_many(seqs)
+    hook.remove()
+    assert len(calls) == 1  # one forward for the four prefills
+    assert [s.cached_tokens > 0 for s in seqs] == [True, True, True, False]
+    while len(batch):
+        batch.step()
+    for seq, req in zip(seqs, reqs, strict=True):
+        (alone,) = cold.generate([req])
+        got = seq.result()
+        assert got.token_ids == alone.token_ids
+        assert [t.logprob for t in got.logprobs] == pytest.approx([t.logprob for t in alone.logprobs], abs=1e-4)

@@ -16,6 +16,7 @@ import numpy as np
 from openhermes.formats import Conversation, Segment, get_format
 
 IGNORE = -100
+RUN_CACHE_SIZE = 4096  # message texts whose prompt token ids are kept (prompt_ids)
 
 
 @dataclass
@@ -116,8 +117,27 @@ class ConversationTokenizer:
         tokenized it; control tokens only where the format puts them. `length`: LimaRP's modifier."""
         kwargs = {"length": length} if length is not None else {}
         segs = self.fmt.segments(conv, add_generation_prompt=True, **kwargs)
-        ids, _ = self._encode_pieces(segs)
-        return ([self.bos_id] if self.bos_id is not None else []) + ids
+        ids = [self.bos_id] if self.bos_id is not None else []
+        # As _encode_pieces (each run of text between control tokens on its own), without labels.
+        for is_text, group in itertools.groupby(segs, key=lambda s: s.kind == "text"):
+            if is_text:
+                ids.extend(self._run_ids("".join(s.text for s in group)))
+            else:
+                ids.extend(self.tokenizer.convert_tokens_to_ids(self.eos_token if s.kind == "eos" else s.text)
+                           for s in group)
+        return ids
+
+    def _run_ids(self, text: str) -> tuple[int, ...]:
+        """One run of message text, special-token spellings read as plain text. Kept for the next requests: a
+        chat client resends the whole conversation every turn, and its messages are the same runs again."""
+        cache = self.__dict__.setdefault("_runs", {})
+        ids = cache.get(text)
+        if ids is None:
+            ids = tuple(self.plain_backend.encode(text, add_special_tokens=False).ids)
+            if len(cache) >= RUN_CACHE_SIZE:
+                cache.clear()  # crude but safe with several threads: the runs in use come back at once
+            cache[text] = ids
+        return ids
 
     def _encode_pieces(self, segs: list[Segment]) -> tuple[list[int], list[int]]:
         """The careful path, for a conversation whose text spells a control token: each run of text

@@ -19,6 +19,8 @@ only the rest; prompts after their prefill, and finished sequences, are stored f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
@@ -28,6 +30,8 @@ from openhermes.infer.sequence import Sequence
 
 HEADROOM = 256  # at least this many spare columns on each side when a buffer is (re)made (and half the width)
 SPARE_ROWS = 4
+# Padded tokens of one grouped prefill, as vLLM's max_num_batched_tokens bounds a step; longer prompts go alone.
+PREFILL_TOKENS = 2048
 
 
 class Slab:
@@ -142,6 +146,18 @@ class SlabLayer(DynamicLayer):
         return self.slab.width
 
 
+@dataclass
+class _Prefill:
+    """A sequence to prefill: `start` tokens' KV (`layers`) come from the prefix cache, the rest is computed."""
+    seq: Sequence
+    start: int
+    layers: list[tuple[torch.Tensor, torch.Tensor]] | None
+
+    @property
+    def todo(self) -> int:
+        return len(self.seq.ids) - self.start
+
+
 class Batch:
     def __init__(self, model, prefix_cache: PrefixCache | None = None):
         self.model = model
@@ -159,33 +175,115 @@ class Batch:
     @torch.inference_mode()
     def add(self, seq: Sequence) -> None:
         """Prefill a new sequence, sample its first token, and write it into the batch."""
-        if seq.cancelled.is_set():
-            seq.finish_cancelled()
-            return
-        ids = torch.tensor([seq.ids], device=self.device)
-        cache = DynamicCache()
-        hit = self.prefix_cache.lookup(seq.ids) if self.prefix_cache is not None else None
-        start = 0
-        if hit is not None:
-            start, layers = hit
+        self.add_many([seq])
+
+    @torch.inference_mode()
+    def add_many(self, seqs: list[Sequence]) -> None:
+        """Prefill new sequences, sample each one's first token, and write them into the batch. Prompts left with
+        short parts to compute (a chat's next turn after prefix reuse) are prefilled together: for them one
+        forward's fixed cost is most of the work."""
+        work = []
+        for seq in seqs:
+            if seq.cancelled.is_set():
+                seq.finish_cancelled()
+                continue
+            hit = self.prefix_cache.lookup(seq.ids) if self.prefix_cache is not None else None
+            start, layers = hit if hit is not None else (0, None)
             seq.cached_tokens = start
-            for i, (k, v) in enumerate(layers):
-                cache.update(k, v, i)
+            work.append(_Prefill(seq, start, layers))
+        for group in self._groups(work):
+            kvs, logits = self._prefill(group) if len(group) > 1 else self._prefill_alone(group[0])
+            for item, kv, row_logits in zip(group, kvs, logits, strict=True):
+                if self.prefix_cache is not None:  # the prefill's KV tensors are its own
+                    self.prefix_cache.store(item.seq.ids, kv, owned=True)
+                item.seq.advance(row_logits)
+                if not item.seq.done:
+                    self._join(item.seq, kv)
+
+    def _groups(self, work: list[_Prefill]) -> list[list[_Prefill]]:
+        """Prefills of similar length together, at most PREFILL_TOKENS padded tokens a group (a long prompt goes
+        alone, as before); one at a time where a shared mask cannot be given to the model."""
+        config = self.model.config
+        if getattr(config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
+            return [[w] for w in work]
+        window = getattr(config, "sliding_window", None)
+        groups: list[list[_Prefill]] = []
+        for item in sorted(work, key=lambda w: w.todo):
+            group = groups[-1] if groups else None
+            if (group is None or (len(group) + 1) * item.todo > PREFILL_TOKENS or item.todo > 2 * group[0].todo + 64
+                    or window and len(item.seq.ids) > window):
+                groups.append([item])
+            else:
+                group.append(item)
+        return groups
+
+    def _prefill_alone(self, item: _Prefill) -> tuple[list, torch.Tensor]:
+        """One prompt, no padding: exactly its unbatched computation."""
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(item.layers or ()):
+            cache.update(k, v, i)
         # Positions follow from the cache's length: the suffix is computed as if the prefix had just been.
-        out = self.model(input_ids=ids[:, start:], past_key_values=cache, use_cache=True, logits_to_keep=1)
-        kv = [(layer.keys, layer.values) for layer in cache.layers]
-        if self.prefix_cache is not None:
-            self.prefix_cache.store(seq.ids, kv)
-        seq.advance(out.logits[0, -1])
-        if seq.done:
-            return
+        ids = torch.tensor([item.seq.ids[item.start:]], device=self.device)
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return [[(layer.keys, layer.values) for layer in cache.layers]], out.logits[:, -1]
+
+    def _prefill(self, group: list[_Prefill]) -> tuple[list, torch.Tensor]:
+        """Several prompts in one forward. Each row: its reused prefix right-aligned in the first `prefix` columns,
+        then the tokens to compute right-aligned in the next `width`; a 4D mask (causal, real columns only) and
+        explicit positions make each row's result its own computation's. The rows' KV come back compact."""
+        prefix, width, rows, dev = max(w.start for w in group), max(w.todo for w in group), len(group), self.device
+        ids = torch.zeros((rows, width), dtype=torch.long, device=dev)
+        positions = torch.zeros((rows, width), dtype=torch.long, device=dev)
+        real = torch.zeros((rows, prefix + width), dtype=torch.bool, device=dev)
+        for r, w in enumerate(group):
+            ids[r, width - w.todo:] = torch.tensor(w.seq.ids[w.start:], device=dev)
+            positions[r, width - w.todo:] = torch.arange(w.start, len(w.seq.ids), device=dev)
+            real[r, prefix - w.start:prefix] = True
+            real[r, prefix + width - w.todo:] = True
+        if prefix:  # the prefixes go into buffers the forward then writes its columns into (no growing by cat)
+            slab = Slab()
+            template = next(w.layers for w in group if w.layers)
+            for bufs, j in ((slab.keys, 0), (slab.values, 1)):
+                for i, layer in enumerate(template):
+                    t = layer[j]
+                    buf = t.new_empty((rows, t.shape[1], prefix + width, t.shape[3]))
+                    for r, w in enumerate(group):
+                        buf[r, :, :prefix - w.start] = 0  # padding must hold finite numbers
+                        if w.start:
+                            buf[r, :, prefix - w.start:prefix] = w.layers[i][j][0]
+                    bufs.append(buf)
+            slab.rows, slab.start, slab.end = rows, 0, prefix
+            cache = Cache(layers=[SlabLayer(slab, i) for i in range(len(template))])
+        else:
+            cache = DynamicCache()
+        cols = torch.arange(prefix + width, device=dev)
+        query = prefix + torch.arange(width, device=dev)
+        # A padding query also sees itself: with nothing real before it, a row of the mask would be all masked.
+        allowed = (cols <= query[:, None]) & real[:, None, :] | (cols == query[:, None])
+        dtype = self.model.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
+        out = self.model(input_ids=ids, attention_mask=mask[:, None], position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1)
+        full = list(zip(slab.keys, slab.values, strict=True)) if prefix else [(la.keys, la.values) for la in cache.layers]
+        kvs = []
+        for r, w in enumerate(group):
+            left, right = prefix - w.start, prefix + width - w.todo
+            if left == right:  # one run of columns: a copy of it
+                kvs.append([(k[r:r + 1, :, left:].clone(), v[r:r + 1, :, left:].clone()) for k, v in full])
+            else:
+                kvs.append([tuple(torch.cat([t[r:r + 1, :, left:prefix], t[r:r + 1, :, right:]], 2) for t in (k, v))
+                            for k, v in full])
+        return kvs, out.logits[:, -1]
+
+    def _join(self, seq: Sequence, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write a prefilled sequence's KV into a free row of the running batch."""
         if self.slab is None:  # the first sequence of this batch: buffers shaped after its cache
             self.slab = Slab()
             self.cache = Cache(layers=[SlabLayer(self.slab, i) for i in range(len(kv))])
             self.positions = torch.empty(0, dtype=torch.long, device=self.device)
         self.slab.add_row(kv)
         self.padded = self.slab.padded
-        self.positions = torch.cat([self.positions, torch.tensor([ids.shape[1]], device=self.device)])
+        self.positions = torch.cat([self.positions, torch.tensor([len(seq.ids) - 1], device=self.device)])
         self.rows.append(seq)
 
     @torch.inference_mode()
@@ -204,7 +302,7 @@ class Batch:
         slab = self.slab
         last = torch.tensor([[s.ids[-1]] for s in self.rows], device=self.device)
         slab.open_column()
-        mask = slab.mask[:slab.rows, slab.start:slab.end + 1] if self.padded else None
+        mask = self._step_mask() if self.padded else None
         out = self.model(input_ids=last, attention_mask=mask, position_ids=self.positions[:, None],
                          past_key_values=self.cache, use_cache=True)
         slab.end += 1
@@ -228,6 +326,19 @@ class Batch:
         live = [i for i, s in enumerate(self.rows) if not s.done]
         if len(live) < len(self.rows):
             self._keep(live)
+
+    def _step_mask(self) -> torch.Tensor:
+        """The step's mask over the rows' columns. Given to the model as its final 4D additive form where the model
+        takes that (transformers then skips building it, and SDPA is faster with it than with a boolean one)."""
+        slab = self.slab
+        real = slab.mask[:slab.rows, slab.start:slab.end + 1]
+        config = self.model.config
+        window = getattr(config, "sliding_window", None)
+        if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager") or window and real.shape[1] > window:
+            return real
+        dtype = self.model.dtype
+        return torch.zeros(real.shape, dtype=dtype, device=real.device).masked_fill_(real == 0, torch.finfo(dtype).min)[
+            :, None, None, :]
 
     def _keep(self, live: list[int]) -> None:
         """Drop finished rows (storing each one's KV, prompt + reply: the client's next turn starts with both).

@@ -134,8 +134,10 @@ class BaseEngine:
         bar = tqdm(total=len(seqs), desc="generate", unit="req", disable=not progress)
         finished = 0
         while pending or len(batch):
-            while pending and len(batch) < self.max_batch_size:
-                batch.add(pending.pop(0))
+            room = self.max_batch_size - len(batch)
+            if pending and room > 0:
+                batch.add_many(pending[:room])
+                del pending[:room]
             batch.step()
             done = sum(s.done for s in seqs)
             bar.update(done - finished)

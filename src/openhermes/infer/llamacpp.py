@@ -152,6 +152,10 @@ class SlotBatch:
     def __len__(self) -> int:
         return len(self.running)
 
+    def add_many(self, seqs: list[Sequence]) -> None:
+        for seq in seqs:  # their prompts are fed together by the next steps, under N_BATCH
+            self.add(seq)
+
     def add(self, seq: Sequence) -> None:
         """Take a new sequence; its prompt is fed from the next step on."""
         if seq.cancelled.is_set():

@@ -60,9 +60,9 @@ class PrefixCache:
             self.reused_tokens += best
             return best, [(k[:, :, :best], v[:, :, :best]) for k, v in layers]
 
-    def store(self, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def store(self, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]], owned: bool = False) -> None:
         """Keep the KV of `ids` (one row: (1, heads, len(ids), dim) per layer); copied, so later changes
-        to the batch's cache never reach it."""
+        to the batch's cache never reach it, unless `owned`: tensors of their own that nothing else writes."""
         if len(ids) <= MIN_REUSE or self.budget <= 0:
             return
         key = tuple(ids)
@@ -70,7 +70,8 @@ class PrefixCache:
             if key in self.entries:  # known already (a prompt stored before): no copy
                 self.entries.move_to_end(key)
                 return
-        layers = [(k.detach().clone(), v.detach().clone()) for k, v in layers]
+        if not owned:
+            layers = [(k.detach().clone(), v.detach().clone()) for k, v in layers]
         size = self._size(layers)
         if size > self.budget:
             return

@@ -72,8 +72,8 @@ class Scheduler:
                 joining = [self.waiting.popleft()
                            for _ in range(min(len(self.waiting), self.max_batch_size - len(self.batch)))]
             try:
-                for seq in joining:
-                    self.batch.add(seq)
+                if joining:
+                    self.batch.add_many(joining)
                 rows = len(self.batch)
                 self.batch.step()
                 if self.on_step is not None and rows:
