@@ -1,15 +1,19 @@
 """The workload roleplay and chat clients make: each turn resends the whole conversation (SillyTavern sends the full
 history for every reply). 8 simulated users, each a 20-turn roleplay whose history grows to ~2k tokens, 64-token
-replies, all at once against a real `openhermes serve` process over loopback; run twice in one go, with prefix
-reuse (the default) and without (`--prefix-cache-mb 0`). Prints time to first token (p50, p95) and aggregate
-generated tokens/s, and the ratios (targets: TTFT p50 >= 5x better, tokens/s >= 2x).
+replies (`min_tokens` = `max_tokens`: each reply is 64 tokens of text that ends where a chat reply would, so the
+next turn resends exactly it), all at once against a real `openhermes serve` process over loopback; with prefix
+reuse (the default) and without (`--prefix-cache-mb 0`), both servers up, measured in `--repeats` alternating
+rounds (new conversations each round). Prints time to first token (p50, p95) and aggregate generated tokens/s per
+round, and the medians' ratios (targets: TTFT p50 >= 5x better, tokens/s >= 2x).
 
 What reuse saves is prefill work, so the ratios depend on how much a prefill costs next to a decode step and a
-request's fixed cost: on the embedded default a 1k-token prefill is ~45 ms (~6 decode steps of 8 rows). `--wider`
+request's fixed cost: on the embedded default a 1k-token prefill is ~30 ms, ~6 decode steps of 8 rows
+(benchmarks/decode_costs.py). `--wider`
 runs a ~28M-parameter Mistral-shaped model with random weights (speed does not depend on what weights learned),
 where prefill is real work, as it is for every model people chat with.
 
     python benchmarks/chat_workload.py [--model runs/tiny/model] [--users 8] [--turns 20] [--tokens 64] [--wider]
+                                       [--repeats 3]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import statistics
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -28,14 +33,15 @@ from _common import WORDS, cpu_model_and_flags, embedded_model_folder, running_s
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def persona(user: int) -> str:
-    """A character card's worth of system prompt (~120 tokens), different per user."""
-    words = [WORDS[(user * 7 + i * 3) % len(WORDS)] for i in range(90)]
-    return f"You are Aria {user}, a knight of the northern march. Persona: " + " ".join(words) + "."
+def persona(user: int, round_: int = 0) -> str:
+    """A character card's worth of system prompt (~230 tokens), different per user and round."""
+    words = [WORDS[(user * 7 + i * 3 + round_ * 13) % len(WORDS)] for i in range(90)]
+    return f"You are Aria {user}-{round_}, a knight of the northern march. Persona: " + " ".join(words) + "."
 
 
-async def conversation(client: httpx.AsyncClient, url: str, user: int, turns: int, tokens: int) -> list[dict]:
-    history = [{"role": "system", "content": persona(user)}]
+async def conversation(client: httpx.AsyncClient, url: str, user: int, turns: int, tokens: int,
+                       round_: int = 0) -> list[dict]:
+    history = [{"role": "system", "content": persona(user, round_)}]
     out = []
     for t in range(turns):
         history.append({"role": "user", "content": f"Turn {t}: I wait, gate {user}."})
@@ -58,18 +64,11 @@ async def conversation(client: httpx.AsyncClient, url: str, user: int, turns: in
     return out
 
 
-async def workload(url: str, users: int, turns: int, tokens: int) -> tuple[list[dict], float]:
+async def workload(url: str, users: int, turns: int, tokens: int, round_: int = 0) -> tuple[list[dict], float]:
     start = time.perf_counter()
     async with httpx.AsyncClient(timeout=1200) as client:
-        per_user = await asyncio.gather(*(conversation(client, url, u, turns, tokens) for u in range(users)))
+        per_user = await asyncio.gather(*(conversation(client, url, u, turns, tokens, round_) for u in range(users)))
     return [r for rs in per_user for r in rs], time.perf_counter() - start
-
-
-def serve_and_run(folder: Path, args, prefix_cache_mb: float) -> tuple[list[dict], float]:
-    with running_server(folder, "--max-batch-size", str(max(16, args.users)),
-                        "--prefix-cache-mb", str(prefix_cache_mb)) as url:
-        asyncio.run(workload(url, 1, 1, 8))  # warm-up (a different persona index would not matter)
-        return asyncio.run(workload(url, args.users, args.turns, args.tokens))
 
 
 def summary(name: str, results: list[dict], wall: float) -> tuple[float, float]:
@@ -88,19 +87,31 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=20)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--wider", action="store_true", help="a ~28M-parameter random Mistral-shaped model")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds, each measuring both servers in turn")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    name, flags = cpu_model_and_flags()
+    rounds: dict[str, list[tuple[float, float]]] = {"with prefix reuse": [], "without": []}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as servers:
         folder = embedded_model_folder(args.model, Path(tmp))
         if args.wider:
             folder = wider_model_folder(folder, Path(tmp) / "wider")
-        warm = serve_and_run(folder, args, 1024)
-        cold = serve_and_run(folder, args, 0)
-    name, flags = cpu_model_and_flags()
-    prompts = [r["prompt"] for r in warm[0]]
+        urls = {label: servers.enter_context(running_server(folder, "--max-batch-size", str(max(16, args.users)),
+                                                             "--prefix-cache-mb", str(mb)))
+                for label, mb in (("with prefix reuse", 1024), ("without", 0))}
+        for url in urls.values():
+            asyncio.run(workload(url, 1, 1, 8, round_=-1))  # warm-up (a conversation no round uses)
+        for r in range(args.repeats):
+            print(f"-- round {r + 1} of {args.repeats}")
+            for label, url in urls.items():
+                results, wall = asyncio.run(workload(url, args.users, args.turns, args.tokens, round_=r))
+                rounds[label].append(summary(label, results, wall))
+    prompts = [r["prompt"] for r in results]
     print(f"CPU: {name} ({' '.join(flags)}); model {folder}; {args.users} users x {args.turns} turns x {args.tokens} "
           f"tokens; prompts {min(prompts)}..{max(prompts)} tokens (mean {statistics.mean(prompts):.0f})")
-    ttft_w, tps_w = summary("with prefix reuse", *warm)
-    ttft_c, tps_c = summary("without", *cold)
+    (ttft_w, tps_w), (ttft_c, tps_c) = ((statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
+                                        for v in rounds.values())
+    print(f"medians of {args.repeats}: ttft p50 {ttft_w * 1000:.0f} ms with reuse, {ttft_c * 1000:.0f} ms without; "
+          f"{tps_w:,.0f} / {tps_c:,.0f} generated tok/s")
     print(f"time to first token p50: {ttft_c / ttft_w:.2f}x better (target >= 5x); "
           f"aggregate tokens/s: {tps_w / tps_c:.2f}x (target >= 2x)")
 

@@ -115,3 +115,25 @@ def test_next_turns_prefilled_together_equal_each_alone(chat_model, chatml_token
         got = seq.result()
         assert got.token_ids == alone.token_ids
         assert [t.logprob for t in got.logprobs] == pytest.approx([t.logprob for t in alone.logprobs], abs=1e-4)
+
+
+@pytest.mark.parametrize(("per_token", "forwards"), [(1e-5, 1), (1e-3, 3)])
+def test_prompts_share_a_forward_only_where_it_pays(chat_model, chatml_tokenizer, per_token, forwards):
+    """In a shared forward everyone waits for the whole group: prompts whose own compute is below a forward's fixed
+    cost (a decode step, measured) go together; heavier ones go alone, shortest first."""
+    engine = Engine(chat_model, chatml_tokenizer, prefix_cache_mb=0)
+    prompts = [engine.chat_prompt([{"role": "user", "content": "word " * k}]) for k in (3, 5, 8)]
+    batch = engine.new_batch()
+    batch.costs.stepped(0.004)  # 4 ms a step; at 1e-3 s a token a 20-token prompt alone costs 20 ms
+    batch.costs.prefilled(100, 0.004 + 100 * per_token)
+    calls = []
+    hook = engine.model.register_forward_pre_hook(lambda m, args, kw: calls.append(kw["input_ids"].shape),
+                                                  with_kwargs=True)
+    seqs = [engine.sequence(GenerationRequest(p, PRESETS["greedy"], 4, ignore_eos=True)) for p in reversed(prompts)]
+    batch.add_many(seqs)
+    hook.remove()
+    lengths = sorted(len(p) for p in prompts)
+    assert calls == ([(3, lengths[-1])] if forwards == 1 else [(1, n) for n in lengths])  # alone: shortest first
+    while len(batch):
+        batch.step()
+    assert [s.result().token_ids for s in seqs] == [engine.generate([s.request])[0].token_ids for s in seqs]

@@ -19,6 +19,7 @@ only the rest; prompts after their prefill, and finished sequences, are stored f
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -146,6 +147,27 @@ class SlabLayer(DynamicLayer):
         return self.slab.width
 
 
+class Costs:
+    """What a forward costs here, measured as the batch runs (running averages): a decode step, which is about one
+    forward's fixed cost, and a prefill's time per token beyond that. Until both are known, prefills are grouped."""
+
+    def __init__(self) -> None:
+        self.step: float | None = None
+        self.per_token: float | None = None
+
+    def stepped(self, seconds: float) -> None:
+        self.step = seconds if self.step is None else 0.9 * self.step + 0.1 * seconds
+
+    def prefilled(self, tokens: int, seconds: float) -> None:
+        if self.step is not None and tokens >= 16:
+            rate = max(0.0, seconds - self.step) / tokens
+            self.per_token = rate if self.per_token is None else 0.8 * self.per_token + 0.2 * rate
+
+    def cheap(self, tokens: int) -> bool:
+        """Whether computing `tokens` alone costs less than a forward's fixed cost (grouping it then pays)."""
+        return self.step is None or self.per_token is None or tokens * self.per_token <= self.step
+
+
 @dataclass
 class _Prefill:
     """A sequence to prefill: `start` tokens' KV (`layers`) come from the prefix cache, the rest is computed."""
@@ -168,6 +190,7 @@ class Batch:
         self.cache: Cache | None = None
         self.positions: torch.Tensor | None = None  # (B,) position id of each row's next token
         self.padded = False  # whether any row has left padding (else no mask is needed: faster)
+        self.costs = Costs()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -180,8 +203,8 @@ class Batch:
     @torch.inference_mode()
     def add_many(self, seqs: list[Sequence]) -> None:
         """Prefill new sequences, sample each one's first token, and write them into the batch. Prompts left with
-        short parts to compute (a chat's next turn after prefix reuse) are prefilled together: for them one
-        forward's fixed cost is most of the work."""
+        short parts to compute (a chat's next turn after prefix reuse) are prefilled together where one forward's
+        fixed cost is most of their work (see _groups)."""
         work = []
         for seq in seqs:
             if seq.cancelled.is_set():
@@ -192,7 +215,9 @@ class Batch:
             seq.cached_tokens = start
             work.append(_Prefill(seq, start, layers))
         for group in self._groups(work):
+            started = time.perf_counter()
             kvs, logits = self._prefill(group) if len(group) > 1 else self._prefill_alone(group[0])
+            self.costs.prefilled(sum(w.todo for w in group), time.perf_counter() - started)
             for item, kv, row_logits in zip(group, kvs, logits, strict=True):
                 if self.prefix_cache is not None:  # the prefill's KV tensors are its own
                     self.prefix_cache.store(item.seq.ids, kv, owned=True)
@@ -201,8 +226,10 @@ class Batch:
                     self._join(item.seq, kv)
 
     def _groups(self, work: list[_Prefill]) -> list[list[_Prefill]]:
-        """Prefills of similar length together, at most PREFILL_TOKENS padded tokens a group (a long prompt goes
-        alone, as before); one at a time where a shared mask cannot be given to the model."""
+        """Which prefills share a forward. Everyone in a group gets a first token only when the whole group is done,
+        so grouping pays only where a prompt's own compute is below one forward's fixed cost (measured as the batch
+        runs: Costs); those go together, shortest first, with similar lengths and at most PREFILL_TOKENS padded
+        tokens a group; the rest go alone, shortest first. One at a time where a shared mask cannot be given."""
         config = self.model.config
         if getattr(config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
             return [[w] for w in work]
@@ -210,7 +237,8 @@ class Batch:
         groups: list[list[_Prefill]] = []
         for item in sorted(work, key=lambda w: w.todo):
             group = groups[-1] if groups else None
-            if (group is None or (len(group) + 1) * item.todo > PREFILL_TOKENS or item.todo > 2 * group[0].todo + 64
+            if (group is None or not self.costs.cheap(item.todo) or not self.costs.cheap(group[0].todo)
+                    or (len(group) + 1) * item.todo > PREFILL_TOKENS or item.todo > 2 * group[0].todo + 64
                     or window and len(item.seq.ids) > window):
                 groups.append([item])
             else:
@@ -303,11 +331,13 @@ class Batch:
         last = torch.tensor([[s.ids[-1]] for s in self.rows], device=self.device)
         slab.open_column()
         mask = self._step_mask() if self.padded else None
+        started = time.perf_counter()
         out = self.model(input_ids=last, attention_mask=mask, position_ids=self.positions[:, None],
                          past_key_values=self.cache, use_cache=True)
         slab.end += 1
         self.positions = self.positions + 1
         logits = out.logits[:, -1]
+        self.costs.stepped(time.perf_counter() - started)
         bans = [s.greedy_bans for s in self.rows]
         argmax = None
         if any(b is not None for b in bans):
