@@ -237,7 +237,7 @@ class Batch:
         groups: list[list[_Prefill]] = []
         for item in sorted(work, key=lambda w: w.todo):
             group = groups[-1] if groups else None
-            if (group is None or not self.costs.cheap(item.todo) or not self.costs.cheap(group[0].todo)
+            if (group is None or not self.costs.cheap(item.todo)  # sorted: then the shorter ones are cheap too
                     or (len(group) + 1) * item.todo > PREFILL_TOKENS or item.todo > 2 * group[0].todo + 64
                     or window and len(item.seq.ids) > window):
                 groups.append([item])
