@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from openhermes.formats import Conversation, Segment, get_format
 
 IGNORE = -100
-RUN_CACHE_SIZE = 4096  # message texts whose prompt token ids are kept (prompt_ids)
+RUN_CACHE_CHARS = 4_000_000  # message text whose prompt token ids are kept (prompt_ids): a few MB at most
 
 
 @dataclass
@@ -127,15 +128,18 @@ class ConversationTokenizer:
                            for s in group)
         return ids
 
-    def _run_ids(self, text: str) -> tuple[int, ...]:
+    def _run_ids(self, text: str) -> array:
         """One run of message text, special-token spellings read as plain text. Kept for the next requests: a
         chat client resends the whole conversation every turn, and its messages are the same runs again."""
         cache = self.__dict__.setdefault("_runs", {})
         ids = cache.get(text)
         if ids is None:
-            ids = tuple(self.plain_backend.encode(text, add_special_tokens=False).ids)
-            if len(cache) >= RUN_CACHE_SIZE:
+            ids = array("i", self.plain_backend.encode(text, add_special_tokens=False).ids)
+            size = self.__dict__.get("_runs_chars", 0) + len(text)
+            if size > RUN_CACHE_CHARS:
                 cache.clear()  # crude but safe with several threads: the runs in use come back at once
+                size = len(text)
+            self._runs_chars = size
             cache[text] = ids
         return ids
 

@@ -11,8 +11,8 @@ column `end`. Joining, leaving and decoding write into the buffers in place; a b
 (one copy) only when it has no room left. (transformers' DynamicCache grows by torch.cat, which
 copies the whole cache at every step, most of a step at 8 rows of 1.5k tokens, see
 benchmarks/decode_costs.py; merging a row by re-padding copied every row's cache again.) A new
-sequence is prefilled alone (no padding, so exactly its unbatched computation) and then written
-into a free row.
+sequence is prefilled, then written into a free row: alone (no padding, so exactly its unbatched
+computation), or together with others that joined at the same time where that pays (Batch._groups).
 With a PrefixCache, the prefill starts from the stored KV of the longest known prefix and computes
 only the rest; prompts after their prefill, and finished sequences, are stored for later requests.
 """
