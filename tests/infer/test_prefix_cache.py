@@ -137,3 +137,20 @@ def test_prompts_share_a_forward_only_where_it_pays(chat_model, chatml_tokenizer
     while len(batch):
         batch.step()
     assert [s.result().token_ids for s in seqs] == [engine.generate([s.request])[0].token_ids for s in seqs]
+
+
+def test_a_reply_stopped_by_its_user_is_kept_for_the_resend(chat_model, chatml_tokenizer):
+    """A user stops a reply (the client disconnects) and sends the conversation again with what was shown: the
+    prompt and the partial reply are not computed again."""
+    engine = Engine(chat_model, chatml_tokenizer, prefix_cache_mb=64)
+    prompt = engine.chat_prompt([SYSTEM, {"role": "user", "content": "Describe the northern march."}])
+    seq = engine.sequence(GenerationRequest(prompt, PRESETS["greedy"], 50, ignore_eos=True))
+    batch = engine.new_batch()
+    batch.add(seq)
+    for _ in range(6):
+        batch.step()
+    seq.cancel()
+    batch.step()
+    assert seq.result().finish_reason == "cancelled" and len(seq.generated) == 7
+    n, _ = engine.prefix_cache.lookup(prompt + seq.generated + [5, 6])
+    assert n == len(prompt) + 6  # the last token shown was never fed: its KV does not exist

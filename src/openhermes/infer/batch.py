@@ -14,7 +14,7 @@ benchmarks/decode_costs.py; merging a row by re-padding copied every row's cache
 sequence is prefilled, then written into a free row: alone (no padding, so exactly its unbatched
 computation), or together with others that joined at the same time where that pays (Batch._groups).
 With a PrefixCache, the prefill starts from the stored KV of the longest known prefix and computes
-only the rest; prompts after their prefill, and finished sequences, are stored for later requests.
+only the rest; prompts after their prefill, and sequences that leave (finished or stopped), are stored.
 """
 
 from __future__ import annotations
@@ -191,6 +191,8 @@ class Batch:
         self.positions: torch.Tensor | None = None  # (B,) position id of each row's next token
         self.padded = False  # whether any row has left padding (else no mask is needed: faster)
         self.costs = Costs()
+        # The masks' dtype: what the model computes in (a quantized model's own dtype can differ).
+        self.dtype = model.get_input_embeddings().weight.dtype
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -288,7 +290,7 @@ class Batch:
         query = prefix + torch.arange(width, device=dev)
         # A padding query also sees itself: with nothing real before it, a row of the mask would be all masked.
         allowed = (cols <= query[:, None]) & real[:, None, :] | (cols == query[:, None])
-        dtype = self.model.dtype
+        dtype = self.dtype
         mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
         out = self.model(input_ids=ids, attention_mask=mask[:, None], position_ids=positions, past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
@@ -366,17 +368,17 @@ class Batch:
         window = getattr(config, "sliding_window", None)
         if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager") or window and real.shape[1] > window:
             return real
-        dtype = self.model.dtype
+        dtype = self.dtype
         return torch.zeros(real.shape, dtype=dtype, device=real.device).masked_fill_(real == 0, torch.finfo(dtype).min)[
             :, None, None, :]
 
     def _keep(self, live: list[int]) -> None:
-        """Drop finished rows (storing each one's KV, prompt + reply: the client's next turn starts with both).
-        A reply that ended by itself is stored even if its request was cancelled since: a server cancels every
-        request once its response is sent, which can happen before this runs."""
+        """Drop finished rows, storing each one's KV (prompt + reply: the client's next turn starts with both).
+        Cancelled ones too: a server cancels every request once its response is sent, which can come before this
+        runs, and a reply stopped by its user (SillyTavern's stop button) is often continued or resent."""
         if self.prefix_cache is not None:
             for i, seq in enumerate(self.rows):
-                if i not in live and seq.finish_reason != "cancelled":
+                if i not in live:
                     kv = self.slab.row_kv(i)
                     self.prefix_cache.store(seq.ids[:kv[0][0].shape[2]], kv)
         order = self.slab.keep(live)  # with no rows left the buffers stay: the next request writes into them
