@@ -57,6 +57,8 @@ class ConversationTokenizer:
         self.train_on_inputs = train_on_inputs
         self.bos_id = tokenizer.bos_token_id if add_bos else None
         self.eos_token = tokenizer.eos_token
+        self._runs: dict[str, array] = {}  # prompt_ids: message text -> its token ids
+        self._runs_chars = 0
         # Every added token string the tokenizer would match inside text (the injection risk).
         added = sorted({t for t in tokenizer.get_added_vocab()}, key=len, reverse=True)
         self.added_re = re.compile("|".join(map(re.escape, added))) if added else None
@@ -124,23 +126,24 @@ class ConversationTokenizer:
             if is_text:
                 ids.extend(self._run_ids("".join(s.text for s in group)))
             else:
-                ids.extend(self.tokenizer.convert_tokens_to_ids(self.eos_token if s.kind == "eos" else s.text)
-                           for s in group)
+                ids.extend(self._control_id(s) for s in group)
         return ids
+
+    def _control_id(self, seg: Segment) -> int:
+        return self.tokenizer.convert_tokens_to_ids(self.eos_token if seg.kind == "eos" else seg.text)
 
     def _run_ids(self, text: str) -> array:
         """One run of message text, special-token spellings read as plain text. Kept for the next requests: a
         chat client resends the whole conversation every turn, and its messages are the same runs again."""
-        cache = self.__dict__.setdefault("_runs", {})
-        ids = cache.get(text)
+        ids = self._runs.get(text)
         if ids is None:
             ids = array("i", self.plain_backend.encode(text, add_special_tokens=False).ids)
-            size = self.__dict__.get("_runs_chars", 0) + len(text)
+            size = self._runs_chars + len(text)
             if size > RUN_CACHE_CHARS:
-                cache.clear()  # crude but safe with several threads: the runs in use come back at once
+                self._runs.clear()  # crude but safe with several threads: the runs in use come back at once
                 size = len(text)
             self._runs_chars = size
-            cache[text] = ids
+            self._runs[text] = ids
         return ids
 
     def _encode_pieces(self, segs: list[Segment]) -> tuple[list[int], list[int]]:
@@ -157,7 +160,7 @@ class ConversationTokenizer:
                 labels.extend(np.where(mask, enc.ids, IGNORE).tolist())
                 continue
             for s in group:
-                tid = self.tokenizer.convert_tokens_to_ids(self.eos_token if s.kind == "eos" else s.text)
+                tid = self._control_id(s)
                 ids.append(tid)
                 labels.append(tid if s.train else IGNORE)
         return ids, labels

@@ -193,6 +193,10 @@ class Batch:
         self.costs = Costs()
         # The masks' dtype: what the model computes in (a quantized model's own dtype can differ).
         self.dtype = model.get_input_embeddings().weight.dtype
+        # Our own 4D masks reach the attention as given only with sdpa/eager, and they know no sliding window.
+        config = model.config
+        self.takes_4d_mask = getattr(config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
+        self.window = getattr(config, "sliding_window", None)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -232,16 +236,14 @@ class Batch:
         so grouping pays only where a prompt's own compute is below one forward's fixed cost (measured as the batch
         runs: Costs); those go together, shortest first, with similar lengths and at most PREFILL_TOKENS padded
         tokens a group; the rest go alone, shortest first. One at a time where a shared mask cannot be given."""
-        config = self.model.config
-        if getattr(config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
+        if not self.takes_4d_mask:
             return [[w] for w in work]
-        window = getattr(config, "sliding_window", None)
         groups: list[list[_Prefill]] = []
         for item in sorted(work, key=lambda w: w.todo):
             group = groups[-1] if groups else None
             if (group is None or not self.costs.cheap(item.todo)  # sorted: then the shorter ones are cheap too
                     or (len(group) + 1) * item.todo > PREFILL_TOKENS or item.todo > 2 * group[0].todo + 64
-                    or window and len(item.seq.ids) > window):
+                    or not self._own_mask_fits(len(item.seq.ids))):
                 groups.append([item])
             else:
                 group.append(item)
@@ -290,10 +292,8 @@ class Batch:
         query = prefix + torch.arange(width, device=dev)
         # A padding query also sees itself: with nothing real before it, a row of the mask would be all masked.
         allowed = (cols <= query[:, None]) & real[:, None, :] | (cols == query[:, None])
-        dtype = self.dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
-        out = self.model(input_ids=ids, attention_mask=mask[:, None], position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=ids, attention_mask=self._additive(allowed[:, None]), position_ids=positions,
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
         full = list(zip(slab.keys, slab.values, strict=True)) if prefix else [(la.keys, la.values) for la in cache.layers]
         kvs = []
         for r, w in enumerate(group):
@@ -364,13 +364,16 @@ class Batch:
         takes that (transformers then skips building it, and SDPA is faster with it than with a boolean one)."""
         slab = self.slab
         real = slab.mask[:slab.rows, slab.start:slab.end + 1]
-        config = self.model.config
-        window = getattr(config, "sliding_window", None)
-        if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager") or window and real.shape[1] > window:
-            return real
-        dtype = self.dtype
-        return torch.zeros(real.shape, dtype=dtype, device=real.device).masked_fill_(real == 0, torch.finfo(dtype).min)[
-            :, None, None, :]
+        return self._additive((real != 0)[:, None, None, :]) if self._own_mask_fits(real.shape[1]) else real
+
+    def _own_mask_fits(self, columns: int) -> bool:
+        """Whether the model can be given our own 4D mask over `columns` tokens (else transformers builds it)."""
+        return self.takes_4d_mask and not (self.window and columns > self.window)
+
+    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
+        """A boolean 4D mask (True = attend) in the additive form attention adds to its scores."""
+        return torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device).masked_fill_(
+            ~allowed, torch.finfo(self.dtype).min)
 
     def _keep(self, live: list[int]) -> None:
         """Drop finished rows, storing each one's KV (prompt + reply: the client's next turn starts with both).

@@ -165,7 +165,7 @@ def create_app(engine: BaseEngine, *, api_key: str | None = None, max_batch_size
             usage = _usage(gens, results)
             metrics.prompt_tokens.inc(usage["prompt_tokens"])
             metrics.cached_tokens.inc(usage["prompt_tokens_details"]["cached_tokens"])
-            metrics.completion_tokens.inc(sum(r.completion_tokens for r in results.values()))
+            metrics.completion_tokens.inc(usage["completion_tokens"])
             metrics.latency.observe(time.perf_counter() - started)
 
         def cancel_all() -> None:
