@@ -62,6 +62,29 @@ def test_lookup_never_takes_the_whole_prompt():
     assert n == 30
 
 
+def test_a_longer_entry_replaces_its_prefixes_and_lookup_takes_the_longest_shared():
+    """A chat's next turn (prompt + reply) makes the previous entry redundant; entries that only share a beginning
+    stay, and ids above 255 are told apart (entries are keyed by the ids' bytes)."""
+    import torch
+
+    def kv(n):
+        return [(torch.arange(n, dtype=torch.float32).view(1, 1, n, 1), torch.zeros(1, 1, n, 1))]
+
+    cache = PrefixCache(16)
+    first = list(range(300, 340))
+    cache.store(first, kv(40), owned=True)
+    longer = first + [7, 8, 9]
+    cache.store(longer, kv(43), owned=True)
+    assert len(cache.entries) == 1  # `first` is a prefix of `longer`: dropped
+    branch = first[:30] + [1] * 20
+    cache.store(branch, kv(50), owned=True)
+    assert len(cache.entries) == 2  # shares a beginning only: kept
+    n, layers = cache.lookup(longer + [5])
+    assert n == 43 and torch.equal(layers[0][0].flatten(), torch.arange(43, dtype=torch.float32))
+    assert cache.lookup(first[:30] + [1] * 12 + [2])[0] == 42
+    assert cache.lookup([300 + 256, *first[1:]]) is None  # differs in the first id only (300 vs 556)
+
+
 def test_a_reply_is_kept_even_when_the_server_cancels_its_request_first(chat_model, chatml_tokenizer):
     """A server cancels every request once its response is sent, which can come before the batch drops the
     finished row: the reply's KV must still be kept, so the next turn (prompt + reply + new message) reuses it."""

@@ -29,8 +29,9 @@ class PrefixCache:
     def __init__(self, budget_mb: float = 1024, max_entries: int = 256):
         self.budget = int(budget_mb * 2**20)
         self.max_entries = max_entries
-        self.entries: OrderedDict[tuple[int, ...], tuple[np.ndarray, list[tuple[torch.Tensor, torch.Tensor]]]] = \
-            OrderedDict()
+        # Keyed by the ids' int64 bytes: bytes keep their hash (an OrderedDict hashes each key again as it iterates,
+        # which for tuples of a thousand ids cost a millisecond a store), and a byte prefix is an id prefix.
+        self.entries: OrderedDict[bytes, tuple[np.ndarray, list[tuple[torch.Tensor, torch.Tensor]]]] = OrderedDict()
         self.bytes = 0
         self.hits = 0
         self.reused_tokens = 0
@@ -45,10 +46,13 @@ class PrefixCache:
         leaving at least one token to compute (its logits are the next token's); None if none is useful."""
         if not self.entries or len(ids) <= MIN_REUSE:
             return None
-        want = np.asarray(ids)
+        want = np.asarray(ids, dtype=np.int64)
+        head = want[:MIN_REUSE].tobytes()  # an entry not starting so cannot share enough: skipped at bytes' speed
         with self._lock:
             best, best_key = 0, None
             for key, (stored, _) in self.entries.items():
+                if not key.startswith(head):
+                    continue
                 n = shared_prefix(stored, want[:-1])
                 if n > best:
                     best, best_key = n, key
@@ -65,7 +69,8 @@ class PrefixCache:
         to the batch's cache never reach it, unless `owned`: tensors of their own that nothing else writes."""
         if len(ids) <= MIN_REUSE or self.budget <= 0:
             return
-        key = tuple(ids)
+        array = np.asarray(ids, dtype=np.int64)
+        key = array.tobytes()
         with self._lock:
             if key in self.entries:  # known already (a prompt stored before): no copy
                 self.entries.move_to_end(key)
@@ -80,9 +85,9 @@ class PrefixCache:
                 self.entries.move_to_end(key)
                 return
             # An entry that is a prefix of this one is now redundant: this one answers every lookup it did.
-            for old in [k for k in self.entries if len(k) < len(key) and key[:len(k)] == k]:
+            for old in [k for k in self.entries if len(k) < len(key) and key.startswith(k)]:
                 self.bytes -= self._size(self.entries.pop(old)[1])
-            self.entries[key] = (np.asarray(ids), layers)
+            self.entries[key] = (array, layers)
             self.bytes += size
             while self.bytes > self.budget or len(self.entries) > self.max_entries:
                 _, (_, gone) = self.entries.popitem(last=False)
