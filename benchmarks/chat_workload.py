@@ -13,7 +13,7 @@ runs a ~28M-parameter Mistral-shaped model with random weights (speed does not d
 where prefill is real work, as it is for every model people chat with.
 
     python benchmarks/chat_workload.py [--model runs/tiny/model] [--users 8] [--turns 20] [--tokens 64] [--wider]
-                                       [--repeats 3]
+                                       [--repeats 3] [--stream-interval 4]
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--wider", action="store_true", help="a ~28M-parameter random Mistral-shaped model")
     ap.add_argument("--repeats", type=int, default=1, help="rounds, each measuring both servers in turn")
+    ap.add_argument("--stream-interval", type=int, default=1, help="the servers' --stream-interval (both)")
     args = ap.parse_args()
     name, flags = cpu_model_and_flags()
     rounds: dict[str, list[tuple[float, float]]] = {"with prefix reuse": [], "without": []}
@@ -96,7 +97,8 @@ def main() -> None:
         if args.wider:
             folder = wider_model_folder(folder, Path(tmp) / "wider")
         urls = {label: servers.enter_context(running_server(folder, "--max-batch-size", str(max(16, args.users)),
-                                                             "--prefix-cache-mb", str(mb)))
+                                                             "--prefix-cache-mb", str(mb),
+                                                             "--stream-interval", str(args.stream_interval)))
                 for label, mb in (("with prefix reuse", 1024), ("without", 0))}
         for url in urls.values():
             asyncio.run(workload(url, 1, 1, 8, round_=-1))  # warm-up (a conversation no round uses)
@@ -107,7 +109,8 @@ def main() -> None:
                 rounds[label].append(summary(label, results, wall))
     prompts = [r["prompt"] for r in results]
     print(f"CPU: {name} ({' '.join(flags)}); model {folder}; {args.users} users x {args.turns} turns x {args.tokens} "
-          f"tokens; prompts {min(prompts)}..{max(prompts)} tokens (mean {statistics.mean(prompts):.0f})")
+          f"tokens; --stream-interval {args.stream_interval}; prompts {min(prompts)}..{max(prompts)} tokens "
+          f"(mean {statistics.mean(prompts):.0f})")
     (ttft_w, tps_w), (ttft_c, tps_c) = ((statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
                                         for v in rounds.values())
     print(f"medians of {args.repeats}: ttft p50 {ttft_w * 1000:.0f} ms with reuse, {ttft_c * 1000:.0f} ms without; "

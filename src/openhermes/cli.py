@@ -301,7 +301,10 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
           engine: str = typer.Option("torch", help=ENGINE_HELP),
           prefix_cache_mb: float = typer.Option(1024, help="Memory for the KV of recent prompts and replies, so a "
                                                 "client that resends the conversation prefills only the new part "
-                                                "(torch engine; 0 turns it off).")) -> None:
+                                                "(torch engine; 0 turns it off)."),
+          stream_interval: int = typer.Option(1, min=1, help="Tokens per streamed chunk after the first (sent at "
+                                              "once), as SGLang's and vLLM's option: larger values cost the HTTP "
+                                              "side less, for more throughput on a small CPU.")) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models) and a web chat at /."""
     import uvicorn
 
@@ -312,7 +315,8 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
     runner.name = model_name or model or "openhermes-tiny"
     console.print(f"serving {runner.name} on http://{host}:{port}/ (API at /v1, metrics at /metrics)")
     batch = max_batch_size if engine == "torch" else runner.max_batch_size
-    uvicorn.run(create_app(runner, api_key=api_key, max_batch_size=batch, max_queue=max_queue),
+    uvicorn.run(create_app(runner, api_key=api_key, max_batch_size=batch, max_queue=max_queue,
+                           stream_interval=stream_interval),
                 host=host, port=port, log_level="warning")
 
 

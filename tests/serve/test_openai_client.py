@@ -7,7 +7,7 @@ import openai
 import pytest
 import torch
 
-from tests.serve.conftest import API_KEY
+from tests.serve.conftest import API_KEY, Server
 
 MESSAGES = [{"role": "user", "content": "Repeat exactly: apple river"}]
 
@@ -54,6 +54,23 @@ def test_streamed_chat_matches_plain_and_reports_usage(client):
     finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finals == [plain.choices[0].finish_reason]
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_stream_interval_sends_fewer_chunks_of_the_same_text(client, chat_model_dir):
+    """`--stream-interval 4` (SGLang's and vLLM's option) through the real CLI and the stock client: the same reply
+    as the plain request, in no more chunks than the grouping allows (the grouping itself: test_stream_interval.py)."""
+    body = dict(model="tiny-chat", messages=MESSAGES, temperature=0, max_tokens=16, extra_body={"ignore_eos": True})
+    plain = client.chat.completions.create(**body)
+    assert plain.usage.completion_tokens == 16
+    interval = Server(chat_model_dir, "--stream-interval", "4", api_key=API_KEY)
+    try:
+        grouped = openai.OpenAI(base_url=interval.url + "/v1", api_key=API_KEY, max_retries=0)
+        chunks = [c.choices[0].delta.content for c in grouped.chat.completions.create(**body, stream=True)
+                  if c.choices and c.choices[0].delta.content]
+    finally:
+        interval.stop()
+    assert "".join(chunks) == plain.choices[0].message.content
+    assert 2 <= len(chunks) <= 1 + -(-15 // 4)  # the first delta alone, then at most one chunk per 4 deltas
 
 
 def test_the_next_turn_reports_its_reused_prompt_as_cached_tokens(server, client):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 
 class Mailbox:
@@ -32,3 +33,24 @@ class Mailbox:
             items, self._items, self._scheduled = self._items, [], False
         for queue, item in items:
             queue.put_nowait(item)
+
+
+class Deltas:
+    """One choice's text deltas, sent in groups: the first at once (time to first token), then one group per
+    `interval` deltas (the server's --stream-interval), and what is left when the choice ends (`flush`)."""
+
+    def __init__(self, interval: int, send: Callable[[str], None]):
+        self.interval, self.send = interval, send
+        self.held: list[str] = []
+        self.sent_first = False
+
+    def add(self, text: str) -> None:
+        self.held.append(text)
+        if not self.sent_first or len(self.held) >= self.interval:
+            self.sent_first = True
+            self.flush()
+
+    def flush(self) -> None:
+        if self.held:
+            self.send("".join(self.held))
+            self.held.clear()
