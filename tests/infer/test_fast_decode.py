@@ -70,6 +70,13 @@ def test_fast_step_equals_the_llama_forward_with_its_rope_scaling(chatml_tokeniz
     lockstep(Engine(model, chatml_tokenizer, prefix_cache_mb=0))
 
 
+def test_a_sliding_window_shorter_than_the_rows_is_the_models_own(chat_model, chatml_tokenizer):
+    """Mistral's sliding window: once rows are longer than it, the step must attend within it as the model does."""
+    model = copy.deepcopy(chat_model)
+    model.config.sliding_window = 24
+    lockstep(Engine(model, chatml_tokenizer, prefix_cache_mb=0))
+
+
 def test_joined_weights_follow_a_model_that_changes(chat_model, chatml_tokenizer):
     """An engine can sample from a model that then trains on: the next batch must see the new weights."""
     model = copy.deepcopy(chat_model)

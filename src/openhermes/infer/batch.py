@@ -336,7 +336,8 @@ class Batch:
         slab.open_column()
         mask = self._step_mask() if self.padded else None
         started = time.perf_counter()
-        if self.fast is not None and (mask is None or mask.dim() == 4):
+        # The fast step knows no sliding window: past one, the model's forward (and its own mask) decodes.
+        if self.fast is not None and (mask is None or mask.dim() == 4) and self._own_mask_fits(slab.width + 1):
             logits = self.fast(last[:, 0], self.positions, mask, slab)
         else:
             logits = self.model(input_ids=last, attention_mask=mask, position_ids=self.positions[:, None],
