@@ -334,10 +334,12 @@ class Batch:
         slab = self.slab
         last = torch.tensor([[s.ids[-1]] for s in self.rows], device=self.device)
         slab.open_column()
-        mask = self._step_mask() if self.padded else None
+        # Past a sliding window (or with another attention) transformers builds the mask, and the model's forward
+        # decodes: the fast step knows no window.
+        own_mask = self._own_mask_fits(slab.width + 1)
+        mask = self._step_mask(own_mask) if self.padded else None
         started = time.perf_counter()
-        # The fast step knows no sliding window: past one, the model's forward (and its own mask) decodes.
-        if self.fast is not None and (mask is None or mask.dim() == 4) and self._own_mask_fits(slab.width + 1):
+        if self.fast is not None and own_mask:
             logits = self.fast(last[:, 0], self.positions, mask, slab)
         else:
             logits = self.model(input_ids=last, attention_mask=mask, position_ids=self.positions[:, None],
@@ -364,12 +366,12 @@ class Batch:
         if len(live) < len(self.rows):
             self._keep(live)
 
-    def _step_mask(self) -> torch.Tensor:
+    def _step_mask(self, own: bool) -> torch.Tensor:
         """The step's mask over the rows' columns. Given to the model as its final 4D additive form where the model
-        takes that (transformers then skips building it, and SDPA is faster with it than with a boolean one)."""
+        takes that (`own`: transformers then skips building it, and SDPA is faster with it than with a boolean one)."""
         slab = self.slab
         real = slab.mask[:slab.rows, slab.start:slab.end + 1]
-        return self._additive((real != 0)[:, None, None, :]) if self._own_mask_fits(real.shape[1]) else real
+        return self._additive((real != 0)[:, None, None, :]) if own else real
 
     def _own_mask_fits(self, columns: int) -> bool:
         """Whether the model can be given our own 4D mask over `columns` tokens (else transformers builds it)."""
