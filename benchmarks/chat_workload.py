@@ -3,17 +3,19 @@ history for every reply). 8 simulated users, each a 20-turn roleplay whose histo
 replies (`min_tokens` = `max_tokens`: each reply is 64 tokens of text that ends where a chat reply would, so the
 next turn resends exactly it), all at once against a real `openhermes serve` process over loopback; with prefix
 reuse (the default) and without (`--prefix-cache-mb 0`), both servers up, measured in `--repeats` alternating
-rounds (new conversations each round). Prints time to first token (p50, p95) and aggregate generated tokens/s per
-round, and the medians' ratios (targets: TTFT p50 >= 5x better, tokens/s >= 2x).
+rounds (new conversations each round). `--in-process` runs the same conversations straight on two engines'
+schedulers in this process (no HTTP, no client sharing the cores): the serving side's share. Prints time to first
+token (p50, p95) and aggregate generated tokens/s per round, and the medians' ratios (targets: TTFT p50 >= 5x
+better, tokens/s >= 2x).
 
 What reuse saves is prefill work, so the ratios depend on how much a prefill costs next to a decode step and a
-request's fixed cost: on the embedded default a 1k-token prefill is ~30 ms, ~6 decode steps of 8 rows
+request's fixed cost: on the embedded default a 1k-token prefill is ~36 ms, ~12 decode steps of 8 rows
 (benchmarks/decode_costs.py). `--wider`
 runs a ~28M-parameter Mistral-shaped model with random weights (speed does not depend on what weights learned),
 where prefill is real work, as it is for every model people chat with.
 
     python benchmarks/chat_workload.py [--model runs/tiny/model] [--users 8] [--turns 20] [--tokens 64] [--wider]
-                                       [--repeats 3] [--stream-interval 4]
+                                       [--repeats 3] [--stream-interval 4] [--in-process]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import json
 import statistics
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -71,6 +74,47 @@ async def workload(url: str, users: int, turns: int, tokens: int, round_: int = 
     return [r for rs in per_user for r in rs], time.perf_counter() - start
 
 
+def in_process(scheduler, users: int, turns: int, tokens: int, round_: int = 0) -> tuple[list[dict], float]:
+    """The same conversations submitted straight to a Scheduler (no HTTP, no client process): what the engine does
+    without the serving side. Each user's next turn is submitted when its reply is done; a user whose next prompt
+    would not fit the context window stops there."""
+    from openhermes.infer.sampling import PRESETS
+    from openhermes.infer.sequence import ContextWindowError, GenerationRequest
+
+    engine = scheduler.engine
+    out: list[dict] = []
+    finished = threading.Semaphore(0)
+
+    def turn(user: int, t: int, history: list[dict]) -> None:
+        history = [*history, {"role": "user", "content": f"Turn {t}: I wait, gate {user}."}]
+        try:
+            ids = engine.chat_prompt(history) if t < turns else None
+        except ContextWindowError:
+            ids = None
+        if ids is None:
+            finished.release()
+            return
+        start, first = time.perf_counter(), []
+
+        def on_delta(text: str) -> None:
+            if text and not first:
+                first.append(time.perf_counter() - start)
+
+        def on_done(result) -> None:
+            out.append({"ttft": first[0] if first else 0.0, "tokens": result.completion_tokens, "prompt": len(ids)})
+            turn(user, t + 1, [*history, {"role": "assistant", "content": result.text}])
+
+        scheduler.submit(GenerationRequest(ids, PRESETS["greedy"], tokens, min_tokens=tokens), on_delta, on_done,
+                         lambda message: print(f"user {user} turn {t}: {message}"))
+
+    start = time.perf_counter()
+    for u in range(users):
+        turn(u, 0, [{"role": "system", "content": persona(u, round_)}])
+    for _ in range(users):
+        finished.acquire()
+    return out, time.perf_counter() - start
+
+
 def summary(name: str, results: list[dict], wall: float) -> tuple[float, float]:
     ttft = sorted(r["ttft"] for r in results)
     tps = sum(r["tokens"] for r in results) / wall
@@ -89,6 +133,8 @@ def main() -> None:
     ap.add_argument("--wider", action="store_true", help="a ~28M-parameter random Mistral-shaped model")
     ap.add_argument("--repeats", type=int, default=1, help="rounds, each measuring both servers in turn")
     ap.add_argument("--stream-interval", type=int, default=1, help="the servers' --stream-interval (both)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="the same workload straight on the engine's scheduler in this process: no HTTP, no client")
     args = ap.parse_args()
     name, flags = cpu_model_and_flags()
     rounds: dict[str, list[tuple[float, float]]] = {"with prefix reuse": [], "without": []}
@@ -96,20 +142,37 @@ def main() -> None:
         folder = embedded_model_folder(args.model, Path(tmp))
         if args.wider:
             folder = wider_model_folder(folder, Path(tmp) / "wider")
-        urls = {label: servers.enter_context(running_server(folder, "--max-batch-size", str(max(16, args.users)),
-                                                             "--prefix-cache-mb", str(mb),
-                                                             "--stream-interval", str(args.stream_interval)))
-                for label, mb in (("with prefix reuse", 1024), ("without", 0))}
-        for url in urls.values():
-            asyncio.run(workload(url, 1, 1, 8, round_=-1))  # warm-up (a conversation no round uses)
+        batch = str(max(16, args.users))
+        if args.in_process:
+            from openhermes.infer.engine import Engine
+            from openhermes.infer.scheduler import Scheduler
+
+            targets = {label: Scheduler(Engine.load(folder, device="cpu", prefix_cache_mb=mb), int(batch))
+                       for label, mb in (("with prefix reuse", 1024), ("without", 0))}
+            for scheduler in targets.values():
+                servers.callback(scheduler.stop)
+
+            def run(scheduler, users, turns, tokens, round_):
+                return in_process(scheduler, users, turns, tokens, round_)
+        else:
+            targets = {label: servers.enter_context(running_server(folder, "--max-batch-size", batch,
+                                                                   "--prefix-cache-mb", str(mb),
+                                                                   "--stream-interval", str(args.stream_interval)))
+                       for label, mb in (("with prefix reuse", 1024), ("without", 0))}
+
+            def run(url, users, turns, tokens, round_):
+                return asyncio.run(workload(url, users, turns, tokens, round_))
+        for target in targets.values():
+            run(target, 1, 1, 8, -1)  # warm-up (a conversation no round uses)
         for r in range(args.repeats):
             print(f"-- round {r + 1} of {args.repeats}")
-            for label, url in urls.items():
-                results, wall = asyncio.run(workload(url, args.users, args.turns, args.tokens, round_=r))
+            for label, target in targets.items():
+                results, wall = run(target, args.users, args.turns, args.tokens, r)
                 rounds[label].append(summary(label, results, wall))
     prompts = [r["prompt"] for r in results]
+    how = "in process, no HTTP" if args.in_process else f"--stream-interval {args.stream_interval}"
     print(f"CPU: {name} ({' '.join(flags)}); model {folder}; {args.users} users x {args.turns} turns x {args.tokens} "
-          f"tokens; --stream-interval {args.stream_interval}; prompts {min(prompts)}..{max(prompts)} tokens "
+          f"tokens; {how}; prompts {min(prompts)}..{max(prompts)} tokens "
           f"(mean {statistics.mean(prompts):.0f})")
     (ttft_w, tps_w), (ttft_c, tps_c) = ((statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
                                         for v in rounds.values())
