@@ -304,7 +304,11 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
                                                 "(torch engine; 0 turns it off)."),
           stream_interval: int = typer.Option(1, min=1, help="Tokens per streamed chunk after the first (sent at "
                                               "once), as SGLang's and vLLM's option: larger values cost the HTTP "
-                                              "side less, for more throughput on a small CPU.")) -> None:
+                                              "side less, for more throughput on a small CPU."),
+          reserved_cores: int = typer.Option(1, min=0, help="CPU cores decode steps leave to the HTTP side "
+                                             "(torch engine on a CPU; prefills use every core), as vLLM's "
+                                             "VLLM_CPU_NUM_OF_RESERVED_CPU: a step's threads wait for each "
+                                             "other, so one the server preempts stalls them all. 0: every core.")) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models) and a web chat at /."""
     import uvicorn
 
@@ -316,7 +320,7 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
     console.print(f"serving {runner.name} on http://{host}:{port}/ (API at /v1, metrics at /metrics)")
     batch = max_batch_size if engine == "torch" else runner.max_batch_size
     uvicorn.run(create_app(runner, api_key=api_key, max_batch_size=batch, max_queue=max_queue,
-                           stream_interval=stream_interval),
+                           stream_interval=stream_interval, reserved_cores=reserved_cores),
                 host=host, port=port, log_level="warning")
 
 

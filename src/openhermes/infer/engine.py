@@ -19,6 +19,7 @@ from openhermes.formats.base import Roleplay
 from openhermes.infer.batch import Batch
 from openhermes.infer.prefix_cache import PrefixCache
 from openhermes.infer.sequence import ContextWindowError, GenerationRequest, GenerationResult, Sequence
+from openhermes.infer.threads import CPUThreads
 from openhermes.model.load import is_byte_token
 
 
@@ -53,6 +54,11 @@ class BaseEngine:
 
     def new_batch(self):
         raise NotImplementedError
+
+    def serving_threads(self, reserved_cores: int) -> CPUThreads | None:
+        """The CPU threads a server's scheduler runs this engine's steps on (infer/threads.py); None: the
+        engine's own."""
+        return None
 
     # ---- prompts -------------------------------------------------------------------------------
     def chat_prompt(self, messages: Iterable[Message | dict], check: bool = True) -> list[int]:
@@ -215,6 +221,9 @@ class Engine(BaseEngine):
 
     def new_batch(self) -> Batch:
         return Batch(self.model, self.prefix_cache)
+
+    def serving_threads(self, reserved_cores: int) -> CPUThreads | None:
+        return CPUThreads.reserving(reserved_cores) if self.device.type == "cpu" else None
 
     def grammar_tokenizer(self):
         return self.tokenizer

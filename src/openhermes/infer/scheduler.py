@@ -8,13 +8,17 @@ instead of piling up work.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 
+import torch
+
 from openhermes.infer.engine import BaseEngine
 from openhermes.infer.sequence import GenerationRequest, GenerationResult, Sequence
+from openhermes.infer.threads import CPUThreads
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +29,9 @@ class QueueFull(RuntimeError):
 
 class Scheduler:
     def __init__(self, engine: BaseEngine, max_batch_size: int = 16, max_queue: int = 64,
-                 on_step: Callable[[int], None] | None = None):
+                 on_step: Callable[[int], None] | None = None, threads: CPUThreads | None = None):
         self.engine = engine
+        self.threads = threads  # the worker's CPU threads for decode steps and for prefills (None: as they are)
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.on_step = on_step  # called with the number of rows after each decode step (metrics)
@@ -63,6 +68,16 @@ class Scheduler:
         self.thread.join(timeout=10)
 
     def _run(self) -> None:
+        restore = torch.get_num_threads()
+        if self.threads is not None:
+            self.threads.decoding()
+        try:
+            self._loop()
+        finally:  # PyTorch keeps the last count for threads it starts later
+            if self.threads is not None:
+                torch.set_num_threads(restore)
+
+    def _loop(self) -> None:
         while True:
             with self.cond:
                 while not self.stopped and not self.waiting and not len(self.batch):
@@ -73,7 +88,8 @@ class Scheduler:
                            for _ in range(min(len(self.waiting), self.max_batch_size - len(self.batch)))]
             try:
                 if joining:
-                    self.batch.add_many(joining)
+                    with self.threads.prefilling() if self.threads is not None else contextlib.nullcontext():
+                        self.batch.add_many(joining)
                 rows = len(self.batch)
                 self.batch.step()
                 if self.on_step is not None and rows:
