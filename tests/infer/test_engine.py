@@ -140,3 +140,26 @@ def test_leading_spaces_of_the_reply_are_kept(scripted, chatml_tokenizer):
     assert r.text.lstrip() == "return" and r.text.startswith(" ")
     assert len(r.text) > len(chatml_tokenizer.decode(r.token_ids))  # decoding the reply alone loses a space
     assert "".join(engine.stream(GenerationRequest(prompt, GREEDY, len(ids)))) == r.text
+
+
+def test_generation_leaves_the_process_environment_as_it_was(engine, monkeypatch):
+    """The batch turns on transformers' grouped-SDPA switch around its own forwards only; a user's setting stands."""
+    import os
+
+    from openhermes.infer.batch import GQA_SWITCH
+
+    monkeypatch.delenv(GQA_SWITCH, raising=False)
+    seen = []
+    hook = engine.model.register_forward_pre_hook(lambda module, args: seen.append(os.environ.get(GQA_SWITCH)))
+    try:
+        engine.generate([GenerationRequest(engine.chat_prompt([{"role": "user", "content": "hi"}]),
+                                           PRESETS["greedy"], 3)])
+        assert seen and set(seen) == {"1"}  # the tiny model has grouped heads (4 query, 2 key/value)
+        assert GQA_SWITCH not in os.environ
+        monkeypatch.setenv(GQA_SWITCH, "0")
+        seen.clear()
+        engine.generate([GenerationRequest(engine.chat_prompt([{"role": "user", "content": "hi"}]),
+                                           PRESETS["greedy"], 3)])
+        assert set(seen) == {"0"} and os.environ[GQA_SWITCH] == "0"
+    finally:
+        hook.remove()

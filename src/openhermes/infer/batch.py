@@ -19,7 +19,10 @@ only the rest; prompts after their prefill, and sequences that leave (finished o
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +37,20 @@ HEADROOM = 256  # at least this many spare columns on each side when a buffer is
 SPARE_ROWS = 4
 # Padded tokens of one grouped prefill, as vLLM's max_num_batched_tokens bounds a step; longer prompts go alone.
 PREFILL_TOKENS = 2048
+# transformers' own switch for SDPA on grouped key/value heads (enable_gqa) even with a mask; see Batch._forward.
+GQA_SWITCH = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
+@contextmanager
+def _grouped_sdpa(on: bool) -> Iterator[None]:
+    if not on or GQA_SWITCH in os.environ:  # a user's own setting stands
+        yield
+        return
+    os.environ[GQA_SWITCH] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(GQA_SWITCH, None)
 
 
 class Slab:
@@ -51,18 +68,20 @@ class Slab:
         return self.end - self.start
 
     def _remake(self, row_cap: int, left: int, right: int) -> None:
-        """New zeroed buffers (masked columns must hold finite numbers) with `left`/`right` spare columns
-        around the current ones; the running rows are copied over."""
-        width = self.width
+        """New buffers with `left`/`right` spare columns around the current ones; the running rows are copied over
+        and everything else is zeroed (masked columns must hold finite numbers), not the copied part again."""
+        width, rows = self.width, self.rows
         cols = left + width + right
         keys, values, mask = self.keys, self.values, self.mask
-        self.keys = [k.new_zeros((row_cap, k.shape[1], cols, k.shape[3])) for k in keys]
-        self.values = [v.new_zeros((row_cap, v.shape[1], cols, v.shape[3])) for v in values]
+        self.keys = [k.new_empty((row_cap, k.shape[1], cols, k.shape[3])) for k in keys]
+        self.values = [v.new_empty((row_cap, v.shape[1], cols, v.shape[3])) for v in values]
+        for old, new in zip(keys + values, self.keys + self.values, strict=True):
+            new[:rows, :, left:left + width] = old[:rows, :, self.start:self.end]
+            new[:rows, :, :left] = 0
+            new[:rows, :, left + width:] = 0
+            new[rows:] = 0
         new_mask = mask.new_zeros((row_cap, cols))
-        if self.rows:
-            for old, new in zip(keys + values, self.keys + self.values, strict=True):
-                new[:self.rows, :, left:left + width] = old[:self.rows, :, self.start:self.end]
-            new_mask[:self.rows, left:left + width] = mask[:self.rows, self.start:self.end]
+        new_mask[:rows, left:left + width] = mask[:rows, self.start:self.end]
         self.mask = new_mask
         self.start, self.end = left, left + width
 
@@ -70,26 +89,36 @@ class Slab:
         """Write one sequence's KV ((1, heads, n, dim) per layer) into a free row, right-aligned; returns the row."""
         n = kv[0][0].shape[2]
         if not self.keys:  # the first row: buffers shaped after it
-            self.keys = [k.new_zeros((SPARE_ROWS, k.shape[1], 0, k.shape[3])) for k, _ in kv]
-            self.values = [v.new_zeros((SPARE_ROWS, v.shape[1], 0, v.shape[3])) for _, v in kv]
-            self.mask = torch.zeros((SPARE_ROWS, 0), dtype=torch.long, device=kv[0][0].device)
-        grow_left = max(0, n - self.width)
+            self.shape_after(kv)
+        row = self.reserve(1, n)
+        for kbuf, vbuf, (k, v) in zip(self.keys, self.values, kv, strict=True):
+            kbuf[row, :, self.end - n:self.end] = k[0]
+            vbuf[row, :, self.end - n:self.end] = v[0]
+        self.mask[row, self.end - n:self.end] = 1
+        return row
+
+    def shape_after(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Empty buffers (no columns yet) for keys and values shaped as these ((1, heads, n, dim) per layer)."""
+        self.keys = [k.new_zeros((SPARE_ROWS, k.shape[1], 0, k.shape[3])) for k, _ in kv]
+        self.values = [v.new_zeros((SPARE_ROWS, v.shape[1], 0, v.shape[3])) for _, v in kv]
+        self.mask = torch.zeros((SPARE_ROWS, 0), dtype=torch.long, device=kv[0][0].device)
+
+    def reserve(self, count: int, length: int) -> int:
+        """`count` new rows with room for `length` tokens each, right-aligned at `end`, all masked until written
+        (their buffers hold finite numbers: zeros, or earlier rows' values). Returns the first new row."""
+        grow_left = max(0, length - self.width)
         row_cap = self.keys[0].shape[0]
-        if self.rows == row_cap or grow_left > self.start:
-            # Chats come back longer each turn: room on the left for the next joins, not only this one.
-            self._remake(max(row_cap, self.rows + SPARE_ROWS), grow_left + max(HEADROOM, self.width // 2),
+        if self.rows + count > row_cap or grow_left > self.start:
+            # Chats come back longer each turn: room on the left for the next joins, not only these.
+            self._remake(max(row_cap, self.rows + count - 1 + SPARE_ROWS), grow_left + max(HEADROOM, self.width // 2),
                          max(HEADROOM, self.keys[0].shape[2] - self.end))
         if grow_left:  # the running rows' new left columns are padding
             self.mask[:self.rows, self.start - grow_left:self.start] = 0
             self.start -= grow_left
-        row = self.rows
-        for kbuf, vbuf, (k, v) in zip(self.keys, self.values, kv, strict=True):
-            kbuf[row, :, self.end - n:self.end] = k[0]
-            vbuf[row, :, self.end - n:self.end] = v[0]
-        self.mask[row, self.start:self.end] = 0
-        self.mask[row, self.end - n:self.end] = 1
-        self.rows += 1
-        return row
+        first = self.rows
+        self.mask[first:first + count, self.start:self.end] = 0
+        self.rows += count
+        return first
 
     def open_column(self) -> None:
         """Room for one more token in every row (the next decode step writes column `end`)."""
@@ -199,6 +228,9 @@ class Batch:
         config = model.config
         self.takes_4d_mask = getattr(config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
         self.window = getattr(config, "sliding_window", None)
+        heads = getattr(config, "num_attention_heads", None)
+        self.grouped_sdpa = (self.device.type == "cpu" and getattr(config, "_attn_implementation", None) == "sdpa"
+                             and heads is not None and getattr(config, "num_key_value_heads", heads) < heads)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -223,15 +255,10 @@ class Batch:
             seq.cached_tokens = start
             work.append(_Prefill(seq, start, layers))
         for group in self._groups(work):
-            started = time.perf_counter()
-            kvs, logits = self._prefill(group) if len(group) > 1 else self._prefill_alone(group[0])
-            self.costs.prefilled(sum(w.todo for w in group), time.perf_counter() - started)
-            for item, kv, row_logits in zip(group, kvs, logits, strict=True):
-                if self.prefix_cache is not None:  # the prefill's KV tensors are its own
-                    self.prefix_cache.store(item.seq.ids, kv, owned=True)
-                item.seq.advance(row_logits)
-                if not item.seq.done:
-                    self._join(item.seq, kv)
+            if self.slab is None and not self._make_slab():  # buffers shaped after the first prefill's KV
+                self._prefill_first(group.pop(0))
+            if group:
+                self._prefill_in_place(group)
 
     def _groups(self, work: list[_Prefill]) -> list[list[_Prefill]]:
         """Which prefills share a forward. Everyone in a group gets a first token only when the whole group is done,
@@ -251,68 +278,104 @@ class Batch:
                 group.append(item)
         return groups
 
-    def _prefill_alone(self, item: _Prefill) -> tuple[list, torch.Tensor]:
-        """One prompt, no padding: exactly its unbatched computation."""
+    def _make_slab(self) -> bool:
+        """Empty buffers shaped after the model's config (keys and values of kv heads x head dim per layer), where
+        the config says so plainly; False where it does not."""
+        config = self.model.config
+        heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None)
+        dim = getattr(config, "head_dim", None) or (config.hidden_size // config.num_attention_heads
+                                                   if getattr(config, "hidden_size", None) and heads else None)
+        layers = getattr(config, "num_hidden_layers", None)
+        if not (isinstance(heads, int) and isinstance(dim, int) and isinstance(layers, int)):
+            return False
+        empty = torch.zeros((1, heads, 0, dim), dtype=self.dtype, device=self.device)
+        self._new_slab([(empty, empty)] * layers)
+        return True
+
+    def _new_slab(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.slab = Slab()
+        self.slab.shape_after(kv)
+        self.cache = Cache(layers=[SlabLayer(self.slab, i) for i in range(len(kv))])
+        self.positions = torch.empty(0, dtype=torch.long, device=self.device)
+
+    def _prefill_first(self, item: _Prefill) -> None:
+        """The batch's first prompt, alone through a DynamicCache; the batch's buffers are made after its KV."""
+        started = time.perf_counter()
         cache = DynamicCache()
         for i, (k, v) in enumerate(item.layers or ()):
             cache.update(k, v, i)
         # Positions follow from the cache's length: the suffix is computed as if the prefix had just been.
         ids = torch.tensor([item.seq.ids[item.start:]], device=self.device)
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return [[(layer.keys, layer.values) for layer in cache.layers]], out.logits[:, -1]
+        logits = self._forward(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+        self.costs.prefilled(item.todo, time.perf_counter() - started)
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        if self.prefix_cache is not None:  # the prefill's KV tensors are its own
+            self.prefix_cache.store(item.seq.ids, kv, owned=True)
+        item.seq.advance(logits)
+        if not item.seq.done:
+            self._join(item.seq, kv)
 
-    def _prefill(self, group: list[_Prefill]) -> tuple[list, torch.Tensor]:
-        """Several prompts in one forward. Each row: its reused prefix right-aligned in the first `prefix` columns,
-        then the tokens to compute right-aligned in the next `width`; a 4D mask (causal, real columns only) and
-        explicit positions make each row's result its own computation's. The rows' KV come back compact."""
-        prefix, width, rows, dev = max(w.start for w in group), max(w.todo for w in group), len(group), self.device
-        ids = torch.zeros((rows, width), dtype=torch.long, device=dev)
-        positions = torch.zeros((rows, width), dtype=torch.long, device=dev)
-        real = torch.zeros((rows, prefix + width), dtype=torch.bool, device=dev)
+    def _prefill_in_place(self, group: list[_Prefill]) -> None:
+        """Prefill into free rows of the batch's own buffers: each reused prefix is copied there once and the forward
+        writes the new tokens' keys and values after it (no buffers of its own to copy into the batch afterwards).
+        One prompt alone is exactly its unbatched computation. Several share the forward: the new tokens
+        right-aligned in `width` columns after the prefixes, a 4D mask (causal, real columns only) and explicit
+        positions make each row's result its own computation's."""
+        started = time.perf_counter()
+        width = max(w.todo for w in group)
+        for w in group:  # fewer new tokens than the widest: the last few cached ones are computed again (the same
+            w.start -= min(w.start, width - w.todo)  # keys and values), so each row stays one run of tokens
+        prefix, rows, slab, dev = max(w.start for w in group), len(group), self.slab, self.device
+        first = slab.reserve(rows, prefix + width)
+        end = slab.end
         for r, w in enumerate(group):
-            ids[r, width - w.todo:] = torch.tensor(w.seq.ids[w.start:], device=dev)
-            positions[r, width - w.todo:] = torch.arange(w.start, len(w.seq.ids), device=dev)
-            real[r, prefix - w.start:prefix] = True
-            real[r, prefix + width - w.todo:] = True
-        if prefix:  # the prefixes go into buffers the forward then writes its columns into (no growing by cat)
-            slab = Slab()
-            template = next(w.layers for w in group if w.layers)
-            for bufs, j in ((slab.keys, 0), (slab.values, 1)):
-                for i, layer in enumerate(template):
-                    t = layer[j]
-                    buf = t.new_empty((rows, t.shape[1], prefix + width, t.shape[3]))
-                    for r, w in enumerate(group):
-                        buf[r, :, :prefix - w.start] = 0  # padding must hold finite numbers
-                        if w.start:
-                            buf[r, :, prefix - w.start:prefix] = w.layers[i][j][0]
-                    bufs.append(buf)
-            slab.rows, slab.start, slab.end = rows, 0, prefix
-            cache = Cache(layers=[SlabLayer(slab, i) for i in range(len(template))])
+            if w.start:
+                for i, (k, v) in enumerate(w.layers):
+                    slab.keys[i][first + r, :, end - width - w.start:end - width] = k[0, :, :w.start]
+                    slab.values[i][first + r, :, end - width - w.start:end - width] = v[0, :, :w.start]
+        view = Slab()  # the new rows, as a cache whose update writes columns [end - width, end)
+        view.keys = [k[first:first + rows] for k in slab.keys]
+        view.values = [v[first:first + rows] for v in slab.values]
+        view.rows, view.start, view.end = rows, end - width - prefix, end - width
+        cache = Cache(layers=[SlabLayer(view, i) for i in range(len(view.keys))])
+        if rows == 1:  # transformers builds the mask (and positions) of one row after its cache
+            ids = torch.tensor([group[0].seq.ids[group[0].start:]], device=dev)
+            out = self._forward(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         else:
-            cache = DynamicCache()
-        cols = torch.arange(prefix + width, device=dev)
-        query = prefix + torch.arange(width, device=dev)
-        # A padding query also sees itself: with nothing real before it, a row of the mask would be all masked.
-        allowed = (cols <= query[:, None]) & real[:, None, :] | (cols == query[:, None])
-        out = self.model(input_ids=ids, attention_mask=self._additive(allowed[:, None]), position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
-        full = list(zip(slab.keys, slab.values, strict=True)) if prefix else [(la.keys, la.values) for la in cache.layers]
-        kvs = []
+            ids = torch.zeros((rows, width), dtype=torch.long, device=dev)
+            positions = torch.zeros((rows, width), dtype=torch.long, device=dev)
+            real = torch.zeros((rows, prefix + width), dtype=torch.bool, device=dev)
+            for r, w in enumerate(group):
+                ids[r, width - w.todo:] = torch.tensor(w.seq.ids[w.start:], device=dev)
+                positions[r, width - w.todo:] = torch.arange(w.start, len(w.seq.ids), device=dev)
+                real[r, prefix + width - len(w.seq.ids):] = True
+            cols = torch.arange(prefix + width, device=dev)
+            query = prefix + torch.arange(width, device=dev)
+            # A padding query also sees itself: with nothing real before it, a row of the mask would be all masked.
+            allowed = (cols <= query[:, None]) & real[:, None, :] | (cols == query[:, None])
+            out = self._forward(input_ids=ids, attention_mask=self._additive(allowed[:, None]), position_ids=positions,
+                             past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1]
         for r, w in enumerate(group):
-            left, right = prefix - w.start, prefix + width - w.todo
-            if left == right:  # one run of columns: a copy of it
-                kvs.append([(k[r:r + 1, :, left:].clone(), v[r:r + 1, :, left:].clone()) for k, v in full])
-            else:
-                kvs.append([tuple(torch.cat([t[r:r + 1, :, left:prefix], t[r:r + 1, :, right:]], 2) for t in (k, v))
-                            for k, v in full])
-        return kvs, out.logits[:, -1]
+            slab.mask[first + r, end - len(w.seq.ids):end] = 1
+        self.rows.extend(w.seq for w in group)
+        self.positions = torch.cat([self.positions, torch.tensor([len(w.seq.ids) - 1 for w in group], device=dev)])
+        self.padded = slab.padded
+        self.costs.prefilled(sum(w.todo for w in group), time.perf_counter() - started)
+        for r, w in enumerate(group):
+            # A prompt mostly found in the cache is not stored again (a copy of it all): the entry it came from
+            # answers for that part, and the prompt with its reply is stored when the row leaves.
+            if self.prefix_cache is not None and w.seq.cached_tokens < len(w.seq.ids) // 2:
+                self.prefix_cache.store(w.seq.ids, slab.row_kv(first + r))
+            w.seq.advance(logits[r])
+        live = [i for i, s in enumerate(self.rows) if not s.done]
+        if len(live) < len(self.rows):
+            self._keep(live)
 
     def _join(self, seq: Sequence, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Write a prefilled sequence's KV into a free row of the running batch."""
         if self.slab is None:  # the first sequence of this batch: buffers shaped after its cache
-            self.slab = Slab()
-            self.cache = Cache(layers=[SlabLayer(self.slab, i) for i in range(len(kv))])
-            self.positions = torch.empty(0, dtype=torch.long, device=self.device)
+            self._new_slab(kv)
         self.slab.add_row(kv)
         self.padded = self.slab.padded
         self.positions = torch.cat([self.positions, torch.tensor([len(seq.ids) - 1], device=self.device)])
@@ -342,7 +405,7 @@ class Batch:
         if self.fast is not None and own_mask:
             logits = self.fast(last[:, 0], self.positions, mask, slab)
         else:
-            logits = self.model(input_ids=last, attention_mask=mask, position_ids=self.positions[:, None],
+            logits = self._forward(input_ids=last, attention_mask=mask, position_ids=self.positions[:, None],
                                 past_key_values=self.cache, use_cache=True).logits[:, -1]
         slab.end += 1
         self.positions = self.positions + 1
@@ -365,6 +428,14 @@ class Batch:
         live = [i for i, s in enumerate(self.rows) if not s.done]
         if len(live) < len(self.rows):
             self._keep(live)
+
+    def _forward(self, **inputs):
+        """The model's forward. On a CPU with grouped key/value heads, SDPA takes the groups as they are: with a mask
+        (ours always has one) transformers otherwise copies every layer's keys and values once per query head in the
+        group, copies that were most of a grouped prefill over long cached prefixes here (on CUDA a masked grouped
+        call would leave the fast kernels, so it stays off there)."""
+        with _grouped_sdpa(self.grouped_sdpa):
+            return self.model(**inputs)
 
     def _step_mask(self, own: bool) -> torch.Tensor:
         """The step's mask over the rows' columns. Given to the model as its final 4D additive form where the model
