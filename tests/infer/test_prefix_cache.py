@@ -37,6 +37,25 @@ def test_reused_prefixes_give_the_cold_prefill_result(chat_model, chatml_tokeniz
     assert cache.reused_tokens >= sum(prompt_lengths[:-1])  # each turn reused at least the previous prompt
 
 
+def test_replies_with_reuse_carry_the_models_own_log_probabilities(chat_model, chatml_tokenizer):
+    """Independent of our batch code: each reply's log-probabilities equal transformers' forward over the whole
+    prompt + reply (a wrong position or a stale key in the reused or decoded part shows up here)."""
+    import torch
+
+    warm = Engine(chat_model, chatml_tokenizer, prefix_cache_mb=64)
+    history = [SYSTEM]
+    for t in range(3):
+        history.append({"role": "user", "content": f"Turn {t}: the gate {t}."})
+        prompt = warm.chat_prompt(history)
+        (res,) = warm.generate([GenerationRequest(prompt, PRESETS["greedy"], 12, ignore_eos=True, logprobs=1)])
+        with torch.no_grad():
+            logp = chat_model(torch.tensor([prompt + res.token_ids])).logits[0].float().log_softmax(-1)
+        expected = [logp[len(prompt) - 1 + i, token].item() for i, token in enumerate(res.token_ids)]
+        assert [e.logprob for e in res.logprobs] == pytest.approx(expected, abs=1e-4)
+        history.append({"role": "assistant", "content": res.text})
+    assert warm.prefix_cache.hits == 2
+
+
 def test_lru_keeps_the_cache_under_its_budget(chat_model, chatml_tokenizer):
     engine = Engine(chat_model, chatml_tokenizer, prefix_cache_mb=0.2)
     for i in range(12):

@@ -359,7 +359,8 @@ class Batch:
         for r, w in enumerate(group):
             slab.mask[first + r, end - len(w.seq.ids):end] = 1
         self.rows.extend(w.seq for w in group)
-        self.positions = torch.cat([self.positions, torch.tensor([len(w.seq.ids) - 1 for w in group], device=dev)])
+        # Each row's next position: its first token (sampled below) is fed there by the next step.
+        self.positions = torch.cat([self.positions, torch.tensor([len(w.seq.ids) for w in group], device=dev)])
         self.padded = slab.padded
         self.costs.prefilled(sum(w.todo for w in group), time.perf_counter() - started)
         for r, w in enumerate(group):
