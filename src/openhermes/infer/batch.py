@@ -11,10 +11,11 @@ column `end`. Joining, leaving and decoding write into the buffers in place; a b
 (one copy) only when it has no room left. (transformers' DynamicCache grows by torch.cat, which
 copies the whole cache at every step, most of a step at 8 rows of 1.5k tokens, see
 benchmarks/decode_costs.py; merging a row by re-padding copied every row's cache again.) A new
-sequence is prefilled, then written into a free row: alone (no padding, so exactly its unbatched
+sequence is prefilled straight into a free row: alone (no padding, so exactly its unbatched
 computation), or together with others that joined at the same time where that pays (Batch._groups).
-With a PrefixCache, the prefill starts from the stored KV of the longest known prefix and computes
-only the rest; prompts after their prefill, and sequences that leave (finished or stopped), are stored.
+With a PrefixCache, the prefill starts from the stored KV of the longest known prefix (copied into the
+row once) and computes only the rest; prompts not mostly found there are stored after their prefill, and
+sequences that leave (finished or stopped) are stored with their replies.
 """
 
 from __future__ import annotations
@@ -323,8 +324,10 @@ class Batch:
         positions make each row's result its own computation's."""
         started = time.perf_counter()
         width = max(w.todo for w in group)
-        for w in group:  # fewer new tokens than the widest: the last few cached ones are computed again (the same
-            w.start -= min(w.start, width - w.todo)  # keys and values), so each row stays one run of tokens
+        # A row with fewer new tokens than the widest computes its last few cached ones again (the same keys and
+        # values), so each row stays one run of tokens; only a row with nothing cached left is padded.
+        for w in group:
+            w.start -= min(w.start, width - w.todo)
         prefix, rows, slab, dev = max(w.start for w in group), len(group), self.slab, self.device
         first = slab.reserve(rows, prefix + width)
         end = slab.end
@@ -433,8 +436,9 @@ class Batch:
     def _forward(self, **inputs):
         """The model's forward. On a CPU with grouped key/value heads, SDPA takes the groups as they are: with a mask
         (ours always has one) transformers otherwise copies every layer's keys and values once per query head in the
-        group, copies that were most of a grouped prefill over long cached prefixes here (on CUDA a masked grouped
-        call would leave the fast kernels, so it stays off there)."""
+        group (`benchmarks/chat_workload.py --in-process` with TRANSFORMERS_SDPA_FORCE_GQA=0 against 1: a next turn's
+        time to first token 35-37 against 30-31 ms). On CUDA a masked grouped call would leave the fast kernels, so
+        it stays off there."""
         with _grouped_sdpa(self.grouped_sdpa):
             return self.model(**inputs)
 
