@@ -3,7 +3,9 @@ history for every reply). 8 simulated users, each a 20-turn roleplay whose histo
 replies (`min_tokens` = `max_tokens`: each reply is 64 tokens of text that ends where a chat reply would, so the
 next turn resends exactly it), all at once against a real `openhermes serve` process over loopback; with prefix
 reuse (the default) and without (`--prefix-cache-mb 0`), both servers up, measured in `--repeats` alternating
-rounds (new conversations each round). `--in-process` runs the same conversations straight on two engines'
+rounds (new conversations each round). The users are one aiohttp client in this process (its HTTP parser is C; the
+users share the 2 cores with the server, and with httpx, whose parsing is Python, they took 2.1 s of CPU a round
+against 0.9: `--client httpx`). `--in-process` runs the same conversations straight on two engines'
 schedulers in this process (no HTTP, no client sharing the cores): the serving side's share. Prints time to first
 token (p50, p95) and aggregate generated tokens/s per round, and the medians' ratios (targets: TTFT p50 >= 5x
 better, tokens/s >= 2x).
@@ -16,6 +18,7 @@ where prefill is real work, as it is for every model people chat with.
 
     python benchmarks/chat_workload.py [--model runs/tiny/model] [--users 8] [--turns 20] [--tokens 64] [--wider]
                                        [--repeats 3] [--stream-interval 4] [--in-process]
+                                       [--client aiohttp|httpx]
 """
 
 from __future__ import annotations
@@ -30,8 +33,16 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import httpx
-from _common import WORDS, cpu_model_and_flags, embedded_model_folder, running_server, wider_model_folder
+from _common import (
+    CLIENTS,
+    WORDS,
+    cpu_model_and_flags,
+    embedded_model_folder,
+    http_client,
+    running_server,
+    stream_lines,
+    wider_model_folder,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,8 +53,7 @@ def persona(user: int, round_: int = 0) -> str:
     return f"You are Aria {user}-{round_}, a knight of the northern march. Persona: " + " ".join(words) + "."
 
 
-async def conversation(client: httpx.AsyncClient, url: str, user: int, turns: int, tokens: int,
-                       round_: int = 0) -> list[dict]:
+async def conversation(client, url: str, user: int, turns: int, tokens: int, round_: int = 0) -> list[dict]:
     history = [{"role": "system", "content": persona(user, round_)}]
     out = []
     for t in range(turns):
@@ -51,26 +61,24 @@ async def conversation(client: httpx.AsyncClient, url: str, user: int, turns: in
         body = {"messages": history, "stream": True, "max_tokens": tokens, "min_tokens": tokens, "temperature": 0,
                 "stream_options": {"include_usage": True}}
         start, first, usage, text = time.perf_counter(), None, None, []
-        async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
-            if r.status_code != 200:
-                raise SystemExit(f"user {user} turn {t}: {r.status_code} {(await r.aread()).decode()[:300]}")
-            async for line in r.aiter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                chunk = json.loads(line[6:])
-                if chunk["choices"] and (piece := chunk["choices"][0]["delta"].get("content")):
-                    first = first if first is not None else time.perf_counter() - start
-                    text.append(piece)
-                usage = chunk.get("usage") or usage
+        async for line in stream_lines(client, url + "/v1/chat/completions", body, f"user {user} turn {t}"):
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk["choices"] and (piece := chunk["choices"][0]["delta"].get("content")):
+                first = first if first is not None else time.perf_counter() - start
+                text.append(piece)
+            usage = chunk.get("usage") or usage
         history.append({"role": "assistant", "content": "".join(text)})
         out.append({"ttft": first or 0.0, "tokens": usage["completion_tokens"], "prompt": usage["prompt_tokens"]})
     return out
 
 
-async def workload(url: str, users: int, turns: int, tokens: int, round_: int = 0) -> tuple[list[dict], float]:
+async def workload(url: str, users: int, turns: int, tokens: int, round_: int = 0,
+                   client: str = "aiohttp") -> tuple[list[dict], float]:
     start = time.perf_counter()
-    async with httpx.AsyncClient(timeout=1200) as client:
-        per_user = await asyncio.gather(*(conversation(client, url, u, turns, tokens, round_) for u in range(users)))
+    async with http_client(client) as session:
+        per_user = await asyncio.gather(*(conversation(session, url, u, turns, tokens, round_) for u in range(users)))
     return [r for rs in per_user for r in rs], time.perf_counter() - start
 
 
@@ -133,6 +141,9 @@ def main() -> None:
     ap.add_argument("--wider", action="store_true", help="a ~28M-parameter random Mistral-shaped model")
     ap.add_argument("--repeats", type=int, default=1, help="rounds, each measuring both servers in turn")
     ap.add_argument("--stream-interval", type=int, default=1, help="the servers' --stream-interval (both)")
+    ap.add_argument("--client", choices=CLIENTS, default="aiohttp",
+                    help="the simulated users' HTTP client; it shares the cores with the server, and httpx (pure-Python"
+                         " HTTP parsing, what the openai package uses) takes twice aiohttp's CPU time")
     ap.add_argument("--in-process", action="store_true",
                     help="the same workload straight on the engine's scheduler in this process: no HTTP, no client")
     args = ap.parse_args()
@@ -161,7 +172,7 @@ def main() -> None:
                        for label, mb in (("with prefix reuse", 1024), ("without", 0))}
 
             def run(url, users, turns, tokens, round_):
-                return asyncio.run(workload(url, users, turns, tokens, round_))
+                return asyncio.run(workload(url, users, turns, tokens, round_, args.client))
         for target in targets.values():
             run(target, 1, 1, 8, -1)  # warm-up (a conversation no round uses)
         for r in range(args.repeats):
@@ -170,7 +181,8 @@ def main() -> None:
                 results, wall = run(target, args.users, args.turns, args.tokens, r)
                 rounds[label].append(summary(label, results, wall))
     prompts = [r["prompt"] for r in results]
-    how = "in process, no HTTP" if args.in_process else f"--stream-interval {args.stream_interval}"
+    how = ("in process, no HTTP" if args.in_process
+           else f"--stream-interval {args.stream_interval}, client {args.client}")
     print(f"CPU: {name} ({' '.join(flags)}); model {folder}; {args.users} users x {args.turns} turns x {args.tokens} "
           f"tokens; {how}; prompts {min(prompts)}..{max(prompts)} tokens "
           f"(mean {statistics.mean(prompts):.0f})")

@@ -16,7 +16,7 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from _common import cpu_model_and_flags, embedded_model_folder, running_server, wider_model_folder
+from _common import CLIENTS, cpu_model_and_flags, embedded_model_folder, running_server, wider_model_folder
 from chat_workload import summary, workload
 
 from openhermes.infer.threads import available_cores
@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--wider", action="store_true", help="a ~28M-parameter random Mistral-shaped model")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--client", choices=CLIENTS, default="aiohttp", help="the simulated users' HTTP library")
     args = ap.parse_args()
     name, flags = cpu_model_and_flags()
     settings = [(reuse, reserved) for reuse in (True, False) for reserved in (args.reserved, 0)]
@@ -46,15 +47,15 @@ def main() -> None:
                     "1024" if reuse else "0", "--reserved-cores", str(reserved)))
                 for reuse, reserved in settings}
         for url in urls.values():
-            asyncio.run(workload(url, 1, 1, 8, -1))  # warm-up (a conversation no round uses)
+            asyncio.run(workload(url, 1, 1, 8, -1, args.client))  # warm-up (a conversation no round uses)
         for r in range(args.repeats):
             print(f"-- round {r + 1} of {args.repeats}")
             for (reuse, reserved), url in urls.items():
                 label = f"{'reuse' if reuse else 'no reuse'}, reserved {reserved}"
                 rounds[(reuse, reserved)].append(summary(label, *asyncio.run(
-                    workload(url, args.users, args.turns, args.tokens, r))))
+                    workload(url, args.users, args.turns, args.tokens, r, args.client))))
     print(f"CPU: {name} ({' '.join(flags)}), {available_cores()} cores; model {folder}; {args.users} users x "
-          f"{args.turns} turns x {args.tokens} tokens; medians of {args.repeats} rounds")
+          f"{args.turns} turns x {args.tokens} tokens; client {args.client}; medians of {args.repeats} rounds")
     for reuse in (True, False):
         (ttft_r, tps_r), (ttft_0, tps_0) = ((statistics.median(x[0] for x in rounds[(reuse, n)]),
                                              statistics.median(x[1] for x in rounds[(reuse, n)]))

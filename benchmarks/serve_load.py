@@ -11,10 +11,12 @@ tokens per second, and the ratio (target >= 3x with 8 clients).
 machine's speed drift reaches both alike. `--wider` serves a ~160M-parameter Mistral-shaped model with random
 weights instead of the embedded default: the tiny model decodes a token in a fraction of a millisecond, so its
 figures measure the HTTP path; a bigger model's step is mostly its weights' work, as a 7B model's is, and that is
-what batching shares.
+what batching shares. The clients are one aiohttp session in this process (`--client httpx`: the openai
+package's library, twice the CPU time per streamed token on the cores the server needs).
 
     python benchmarks/serve_load.py [--model runs/tiny/model] [--clients 8] [--requests 32] [--tokens 64]
                                     [--engine torch|llama.cpp] [--llama-server PATH] [--wider] [--repeats N]
+                                    [--client aiohttp|httpx]
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import httpx
 from _common import (
+    CLIENTS,
     cpu_model_and_flags,
     embedded_model_folder,
     free_port,
+    http_client,
     running_process,
     running_server,
+    stream_lines,
     wider_model_folder,
 )
 
@@ -44,27 +48,26 @@ ROOT = Path(__file__).resolve().parents[1]
 _RUNS = itertools.count(1)
 
 
-async def one_request(client: httpx.AsyncClient, url: str, i: str, tokens: int) -> dict:
+async def one_request(client, url: str, i: str, tokens: int) -> dict:
     body = {"messages": [{"role": "user", "content": f"Request {i}: tell me a story."}], "stream": True,
             "max_tokens": tokens, "ignore_eos": True, "temperature": 0, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     first = None
     usage = None
-    async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
-        r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                first = time.perf_counter() - start
-            usage = chunk.get("usage") or usage
+    async for line in stream_lines(client, url + "/v1/chat/completions", body, f"request {i}"):
+        if not line.startswith("data: {"):
+            continue
+        chunk = json.loads(line[6:])
+        if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+            first = time.perf_counter() - start
+        usage = chunk.get("usage") or usage
     if usage["completion_tokens"] != tokens:
         raise SystemExit(f"{url}: {usage['completion_tokens']} tokens instead of {tokens} (eos not ignored?)")
     return {"latency": time.perf_counter() - start, "ttft": first or 0.0, "tokens": usage["completion_tokens"]}
 
 
-async def run(url: str, n_requests: int, clients: int, tokens: int, keepalive: bool = True) -> tuple[list[dict], float]:
+async def run(url: str, n_requests: int, clients: int, tokens: int, keepalive: bool = True,
+              client: str = "aiohttp") -> tuple[list[dict], float]:
     # Every request's text is new: llama-server keeps earlier prompts' KV in host memory (--cache-ram), so a prompt
     # sent again would be a cache hit there and not here, which is not what clients do.
     nonce = next(_RUNS)
@@ -78,9 +81,8 @@ async def run(url: str, n_requests: int, clients: int, tokens: int, keepalive: b
     start = time.perf_counter()
     # keepalive=False: a new connection per request (llama-server closes kept-alive streaming connections
     # without notice now and then, which the next request on them would fail on)
-    limits = httpx.Limits(max_keepalive_connections=None if keepalive else 0)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        await asyncio.gather(*(worker(client) for _ in range(clients)))
+    async with http_client(client, keepalive) as session:
+        await asyncio.gather(*(worker(session) for _ in range(clients)))
     return results, time.perf_counter() - start
 
 
@@ -100,10 +102,10 @@ def summary(name: str, results: list[dict], wall: float) -> float:
 
 def measure(url: str, args, label: str, keepalive: bool = True) -> tuple[float, float]:
     """(one-at-a-time tok/s, concurrent tok/s) against a ready server."""
-    asyncio.run(run(url, 2, 1, 8, keepalive))  # warm-up
-    seq = summary(f"{label}, 1 client", *asyncio.run(run(url, args.requests, 1, args.tokens, keepalive)))
+    asyncio.run(run(url, 2, 1, 8, keepalive, args.client))  # warm-up
+    seq = summary(f"{label}, 1 client", *asyncio.run(run(url, args.requests, 1, args.tokens, keepalive, args.client)))
     con = summary(f"{label}, {args.clients} clients", *asyncio.run(run(url, args.requests, args.clients,
-                                                                           args.tokens, keepalive)))
+                                                                           args.tokens, keepalive, args.client)))
     return seq, con
 
 
@@ -116,6 +118,9 @@ def main() -> None:
     ap.add_argument("--engine", choices=["torch", "llama.cpp"], default="torch")
     ap.add_argument("--llama-server", type=Path, help="llama.cpp's llama-server binary (with --engine llama.cpp)")
     ap.add_argument("--wider", action="store_true", help="a ~160M-parameter random Mistral-shaped model")
+    ap.add_argument("--client", choices=CLIENTS, default="aiohttp",
+                    help="the clients' HTTP library (they share the cores with the server; httpx takes about twice "
+                         "aiohttp's CPU time per token)")
     ap.add_argument("--repeats", type=int, default=1, help="llama.cpp: rounds, each measuring both servers in turn")
     args = ap.parse_args()
     name, flags = cpu_model_and_flags()
@@ -125,7 +130,7 @@ def main() -> None:
         if args.wider:
             folder = wider_model_folder(folder, Path(tmp) / "wider", hidden=1024, layers=12)
         print(f"CPU: {name} ({' '.join(flags)}), {threads} threads; model {folder}; {args.requests} requests x "
-              f"{args.tokens} tokens (greedy, eos ignored)")
+              f"{args.tokens} tokens (greedy, eos ignored); client {args.client}")
         if args.engine == "torch":
             with running_server(folder, "--max-batch-size", str(max(16, args.clients))) as url:
                 seq, con = measure(url, args, "openhermes torch")

@@ -305,10 +305,11 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
           stream_interval: int = typer.Option(1, min=1, help="Tokens per streamed chunk after the first (sent at "
                                               "once), as SGLang's and vLLM's option: larger values cost the HTTP "
                                               "side less, for more throughput on a small CPU."),
-          reserved_cores: int = typer.Option(1, min=0, help="CPU cores decode steps leave to the HTTP side "
-                                             "(torch engine on a CPU; prefills use every core), as vLLM's "
-                                             "VLLM_CPU_NUM_OF_RESERVED_CPU: a step's threads wait for each "
-                                             "other, so one the server preempts stalls them all. 0: every core.")) -> None:
+          reserved_cores: int | None = typer.Option(None, min=0, help="CPU cores decode steps leave to the HTTP "
+                                                    "side (torch engine on a CPU; prefills use every core), as vLLM's "
+                                                    "VLLM_CPU_NUM_OF_RESERVED_CPU: a step's threads wait for each "
+                                                    "other, so one the server preempts stalls them all. Default: 1 "
+                                                    "on 4 or more cores, 0 (every core) on fewer.")) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models) and a web chat at /."""
     import uvicorn
 

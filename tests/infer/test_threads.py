@@ -16,6 +16,9 @@ def test_reserving_leaves_cores_while_decoding_and_none_while_prefilling():
     assert CPUThreads.reserving(1, threads=16) == CPUThreads(decode=15, prefill=16)
     assert CPUThreads.reserving(0, threads=4) == CPUThreads(decode=4, prefill=4)
     assert CPUThreads.reserving(3, threads=2) == CPUThreads(decode=1, prefill=2)  # never below one
+    # The default: a core for the HTTP side only where it is not half the machine.
+    assert CPUThreads.reserving(None, threads=2) == CPUThreads(decode=2, prefill=2)
+    assert CPUThreads.reserving(None, threads=4) == CPUThreads(decode=3, prefill=4)
     with pytest.raises(ValueError, match="reserved cores"):
         CPUThreads.reserving(-1, threads=2)
 

@@ -55,7 +55,7 @@ class BaseEngine:
     def new_batch(self):
         raise NotImplementedError
 
-    def serving_threads(self, reserved_cores: int) -> CPUThreads | None:
+    def serving_threads(self, reserved_cores: int | None) -> CPUThreads | None:
         """The CPU threads a server's scheduler runs this engine's steps on (infer/threads.py); None: the
         engine's own."""
         return None
@@ -222,7 +222,7 @@ class Engine(BaseEngine):
     def new_batch(self) -> Batch:
         return Batch(self.model, self.prefix_cache)
 
-    def serving_threads(self, reserved_cores: int) -> CPUThreads | None:
+    def serving_threads(self, reserved_cores: int | None) -> CPUThreads | None:
         return CPUThreads.reserving(reserved_cores) if self.device.type == "cpu" else None
 
     def grammar_tokenizer(self):

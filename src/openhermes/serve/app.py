@@ -62,11 +62,11 @@ def _validation_error(exc: RequestValidationError) -> APIError:
 
 
 def create_app(engine: BaseEngine, *, api_key: str | None = None, max_batch_size: int = 16,
-               max_queue: int = 64, stream_interval: int = 1, reserved_cores: int = 1) -> FastAPI:
+               max_queue: int = 64, stream_interval: int = 1, reserved_cores: int | None = None) -> FastAPI:
     """`stream_interval`: text deltas per streamed chunk after the first, which is sent at once (SGLang's and
     vLLM's `--stream-interval`): fewer chunks cost the HTTP side less, which on a small CPU shares the cores and
     the interpreter with decoding. `reserved_cores`: CPU cores decode steps leave to the HTTP side (torch engine on
-    a CPU; infer/threads.py)."""
+    a CPU; None: infer/threads.py's default)."""
     if stream_interval < 1:
         raise ValueError("stream_interval must be at least 1")
     metrics = Metrics()
