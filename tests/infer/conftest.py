@@ -7,6 +7,15 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True)
+def unwritten_buffers_hold_nan(monkeypatch):
+    """The batch's buffers are made empty, not zeroed (infer/batch.py): here their unwritten parts hold NaN, so any
+    masked column that attention reads without its having been written or zeroed turns a reply into NaN."""
+    from openhermes.infer.batch import Slab
+
+    monkeypatch.setattr(Slab, "unwritten", float("nan"))
+
+
 @pytest.fixture(scope="session")
 def scripted(tiny_base, chatml_tokenizer):
     """make(script_text) -> (Engine, script ids): the model continues any ChatML prompt with script_text."""

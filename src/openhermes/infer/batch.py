@@ -55,7 +55,10 @@ def _grouped_sdpa(on: bool) -> Iterator[None]:
 
 
 class Slab:
-    """The batch's KV buffers and attention mask; see the module's docstring."""
+    """The batch's KV buffers and attention mask; see the module's docstring. Columns [start, end) of rows
+    [0, rows) hold finite numbers; the rest of a buffer may hold anything."""
+
+    unwritten: float | None = None  # tests set NaN: what a new buffer holds where nothing was written
 
     def __init__(self) -> None:
         self.keys: list[torch.Tensor] = []
@@ -69,22 +72,29 @@ class Slab:
         return self.end - self.start
 
     def _remake(self, row_cap: int, left: int, right: int) -> None:
-        """New buffers with `left`/`right` spare columns around the current ones; the running rows are copied over
-        and everything else is zeroed (masked columns must hold finite numbers), not the copied part again."""
+        """New buffers with `left`/`right` spare columns around the current ones; the running rows are copied over.
+        Nothing else is written: what attention reads of the rest is zeroed when it comes into use (_zero)."""
         width, rows = self.width, self.rows
         cols = left + width + right
         keys, values, mask = self.keys, self.values, self.mask
         self.keys = [k.new_empty((row_cap, k.shape[1], cols, k.shape[3])) for k in keys]
         self.values = [v.new_empty((row_cap, v.shape[1], cols, v.shape[3])) for v in values]
         for old, new in zip(keys + values, self.keys + self.values, strict=True):
+            if self.unwritten is not None:
+                new.fill_(self.unwritten)
             new[:rows, :, left:left + width] = old[:rows, :, self.start:self.end]
-            new[:rows, :, :left] = 0
-            new[:rows, :, left + width:] = 0
-            new[rows:] = 0
         new_mask = mask.new_zeros((row_cap, cols))
         new_mask[:rows, left:left + width] = mask[:rows, self.start:self.end]
         self.mask = new_mask
         self.start, self.end = left, left + width
+
+    def _zero(self, rows: slice, left: int, right: int) -> None:
+        """Zero columns [left, right) of these rows: masked columns that attention reads must hold finite numbers
+        (a score of NaN stays NaN however it is masked), and buffers are made empty, not zeroed, because zeroing
+        a whole new buffer was most of a next turn's prefill whenever the buffer grew."""
+        if right > left:
+            for buf in self.keys + self.values:
+                buf[rows, :, left:right] = 0
 
     def add_row(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
         """Write one sequence's KV ((1, heads, n, dim) per layer) into a free row, right-aligned; returns the row."""
@@ -105,19 +115,22 @@ class Slab:
         self.mask = torch.zeros((SPARE_ROWS, 0), dtype=torch.long, device=kv[0][0].device)
 
     def reserve(self, count: int, length: int) -> int:
-        """`count` new rows with room for `length` tokens each, right-aligned at `end`, all masked until written
-        (their buffers hold finite numbers: zeros, or earlier rows' values). Returns the first new row."""
+        """`count` new rows with room for `length` tokens each, right-aligned at `end`, all masked until written;
+        the caller writes all `length` columns (what it does not, it zeroes). Returns the first new row."""
         grow_left = max(0, length - self.width)
         row_cap = self.keys[0].shape[0]
         if self.rows + count > row_cap or grow_left > self.start:
             # Chats come back longer each turn: room on the left for the next joins, not only these.
-            self._remake(max(row_cap, self.rows + count - 1 + SPARE_ROWS), grow_left + max(HEADROOM, self.width // 2),
+            self._remake(max(row_cap, self.rows + count - 1 + SPARE_ROWS),
+                         grow_left + max(HEADROOM, self.width // 2, length // 2),
                          max(HEADROOM, self.keys[0].shape[2] - self.end))
         if grow_left:  # the running rows' new left columns are padding
             self.mask[:self.rows, self.start - grow_left:self.start] = 0
+            self._zero(slice(0, self.rows), self.start - grow_left, self.start)
             self.start -= grow_left
         first = self.rows
         self.mask[first:first + count, self.start:self.end] = 0
+        self._zero(slice(first, first + count), self.start, self.end - length)
         self.rows += count
         return first
 
@@ -332,6 +345,7 @@ class Batch:
         first = slab.reserve(rows, prefix + width)
         end = slab.end
         for r, w in enumerate(group):
+            slab._zero(slice(first + r, first + r + 1), end - width - prefix, end - width - w.start)
             if w.start:
                 for i, (k, v) in enumerate(w.layers):
                     slab.keys[i][first + r, :, end - width - w.start:end - width] = k[0, :, :w.start]
