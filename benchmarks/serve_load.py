@@ -16,7 +16,7 @@ package's library, twice the CPU time per streamed token on the cores the server
 
     python benchmarks/serve_load.py [--model runs/tiny/model] [--clients 8] [--requests 32] [--tokens 64]
                                     [--engine torch|llama.cpp] [--llama-server PATH] [--wider] [--repeats N]
-                                    [--client aiohttp|httpx]
+                                    [--client aiohttp|httpx] [--stream-interval N]
 """
 
 from __future__ import annotations
@@ -121,8 +121,10 @@ def main() -> None:
     ap.add_argument("--client", choices=CLIENTS, default="aiohttp",
                     help="the clients' HTTP library (they share the cores with the server; httpx takes about twice "
                          "aiohttp's CPU time per token)")
+    ap.add_argument("--stream-interval", type=int, default=1, help="our server's --stream-interval")
     ap.add_argument("--repeats", type=int, default=1, help="llama.cpp: rounds, each measuring both servers in turn")
     args = ap.parse_args()
+    interval = ("--stream-interval", str(args.stream_interval))  # ours only: llama-server streams every token
     name, flags = cpu_model_and_flags()
     threads = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,9 +132,10 @@ def main() -> None:
         if args.wider:
             folder = wider_model_folder(folder, Path(tmp) / "wider", hidden=1024, layers=12)
         print(f"CPU: {name} ({' '.join(flags)}), {threads} threads; model {folder}; {args.requests} requests x "
-              f"{args.tokens} tokens (greedy, eos ignored); client {args.client}")
+              f"{args.tokens} tokens (greedy, eos ignored); client {args.client}; our --stream-interval "
+              f"{args.stream_interval}")
         if args.engine == "torch":
-            with running_server(folder, "--max-batch-size", str(max(16, args.clients))) as url:
+            with running_server(folder, "--max-batch-size", str(max(16, args.clients)), *interval) as url:
                 seq, con = measure(url, args, "openhermes torch")
             print(f"aggregate throughput: {con / seq:.2f}x with {args.clients} concurrent clients (target >= 3x)")
             return
@@ -140,7 +143,8 @@ def main() -> None:
 
         gguf = export_gguf(folder, Path(tmp) / "model-f16.gguf", "f16", progress=False)
         with ExitStack() as servers:
-            ours = servers.enter_context(running_server(gguf, "--engine", "llama.cpp", "--parallel", str(args.clients)))
+            ours = servers.enter_context(running_server(gguf, "--engine", "llama.cpp", "--parallel", str(args.clients),
+                                                        *interval))
             ref = None
             if args.llama_server is not None:
                 from gguf import GGUFReader
