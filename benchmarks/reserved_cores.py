@@ -1,10 +1,11 @@
 """`serve --reserved-cores`: decode steps leave cores to the HTTP side (infer/threads.py) against every core for
-everything (`--reserved-cores 0`, the earlier behaviour), on chat_workload.py's conversations (8 simulated
+everything (`--reserved-cores 0`, the default below 4 cores), on chat_workload.py's conversations (8 simulated
 SillyTavern users resending their growing history, 64-token replies), with prefix reuse and without. The four
 servers stay up and are measured in `--repeats` alternating rounds (new conversations each round); medians and
 each setting's ratio against `--reserved-cores 0`.
 
     python benchmarks/reserved_cores.py [--model runs/tiny/model] [--reserved 1] [--wider] [--repeats 3]
+                                        [--client aiohttp|httpx]
 """
 
 from __future__ import annotations

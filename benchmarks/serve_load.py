@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -43,6 +42,8 @@ from _common import (
     stream_lines,
     wider_model_folder,
 )
+
+from openhermes.infer.threads import available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 _RUNS = itertools.count(1)
@@ -126,7 +127,7 @@ def main() -> None:
     args = ap.parse_args()
     interval = ("--stream-interval", str(args.stream_interval))  # ours only: llama-server streams every token
     name, flags = cpu_model_and_flags()
-    threads = len(os.sched_getaffinity(0))
+    threads = available_cores()
     with tempfile.TemporaryDirectory() as tmp:
         folder = embedded_model_folder(args.model, Path(tmp))
         if args.wider:

@@ -73,7 +73,7 @@ class Slab:
 
     def _remake(self, row_cap: int, left: int, right: int) -> None:
         """New buffers with `left`/`right` spare columns around the current ones; the running rows are copied over.
-        Nothing else is written: what attention reads of the rest is zeroed when it comes into use (_zero)."""
+        Nothing else is written: what attention reads of the rest is zeroed when it comes into use (zero)."""
         width, rows = self.width, self.rows
         cols = left + width + right
         keys, values, mask = self.keys, self.values, self.mask
@@ -88,7 +88,7 @@ class Slab:
         self.mask = new_mask
         self.start, self.end = left, left + width
 
-    def _zero(self, rows: slice, left: int, right: int) -> None:
+    def zero(self, rows: slice, left: int, right: int) -> None:
         """Zero columns [left, right) of these rows: masked columns that attention reads must hold finite numbers
         (a score of NaN stays NaN however it is masked), and buffers are made empty, not zeroed, because zeroing
         a whole new buffer was most of a next turn's prefill whenever the buffer grew."""
@@ -126,11 +126,11 @@ class Slab:
                          max(HEADROOM, self.keys[0].shape[2] - self.end))
         if grow_left:  # the running rows' new left columns are padding
             self.mask[:self.rows, self.start - grow_left:self.start] = 0
-            self._zero(slice(0, self.rows), self.start - grow_left, self.start)
+            self.zero(slice(0, self.rows), self.start - grow_left, self.start)
             self.start -= grow_left
         first = self.rows
         self.mask[first:first + count, self.start:self.end] = 0
-        self._zero(slice(first, first + count), self.start, self.end - length)
+        self.zero(slice(first, first + count), self.start, self.end - length)
         self.rows += count
         return first
 
@@ -345,7 +345,7 @@ class Batch:
         first = slab.reserve(rows, prefix + width)
         end = slab.end
         for r, w in enumerate(group):
-            slab._zero(slice(first + r, first + r + 1), end - width - prefix, end - width - w.start)
+            slab.zero(slice(first + r, first + r + 1), end - width - prefix, end - width - w.start)
             if w.start:
                 for i, (k, v) in enumerate(w.layers):
                     slab.keys[i][first + r, :, end - width - w.start:end - width] = k[0, :, :w.start]
