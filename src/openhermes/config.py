@@ -126,6 +126,9 @@ class Recipe(BaseModel):
     adam_beta2: float = 0.999
     # true/auto: bf16 arithmetic, fp32 master weights in a full fine-tune; "pure": bf16 weights too
     bf16: bool | Literal["auto", "pure"] = "auto"
+    # On a CPU, fp32: "avx2" pins PyTorch's kernels to the AVX2 level, so the run's numbers are the same on every
+    # x86 CPU with AVX2, AVX-512 ones included (train/cpu_kernels.py); native/null: the CPU's best kernels
+    cpu_kernels: Literal["avx2", "native"] | None = None
     fp16: bool = False
     tf32: bool = False
     flash_attention: bool = False

@@ -21,6 +21,7 @@ from openhermes.data.readers import read_records
 from openhermes.formats import get_format
 from openhermes.model import tiny
 from openhermes.model.load import apply_lora, keep_sentencepiece_model, load_model, load_tokenizer, use_bf16, weight_dtype
+from openhermes.train import cpu_kernels
 from openhermes.train.callbacks import ProgressAndLog, TokenCounter, plot_loss
 from openhermes.train.collate import PackedCollator
 from openhermes.train.neftune import PackedNEFTune
@@ -272,6 +273,7 @@ def claim_run_folder(out: Path, recipe: Recipe, overwrite: bool = False) -> None
 
 def train(recipe: Recipe, out_dir: str | Path | None = None, resume: bool = False, show_progress: bool = True,
           cache: Path = DEFAULT_CACHE, overwrite: bool = False) -> TrainResult:
+    cpu_kernels.pin(recipe.cpu_kernels, recipe.bf16)  # first: PyTorch fixes its kernels at the first tensor op
     out = Path(out_dir or recipe.output_dir)
     if int(os.environ.get("RANK", "0")) == 0:  # several ranks: the launcher has claimed it already
         claim_run_folder(out, recipe, overwrite)
