@@ -34,8 +34,7 @@ def run(label: str, env_extra: dict[str, str], extra_args: tuple[str, ...] = ())
         env = os.environ | env_extra | {"OPENHERMES_CACHE": str(Path(tmp) / "cache")}
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "openhermes.cli", "train", "--out", str(out), *extra_args],
-                              env=env,
-                              capture_output=True, text=True)
+                              env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"{label}: openhermes train failed:\n{proc.stderr[-3000:]}")
@@ -74,36 +73,34 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads")
-    results = []
+    results: dict[str, dict] = {}  # by run name
     for name in args.runs.split(","):
         if name == "avx2":
-            results.append(run("restricted to AVX2, as on a laptop without AVX-512 (fp32)", RESTRICTED))
+            results[name] = run("restricted to AVX2, as on a laptop without AVX-512 (fp32)", RESTRICTED)
         elif name in ("native", "unpinned", "bf16") and not any(f.startswith("avx512") for f in flags):
             print(f"\n({name} run skipped: this CPU has no AVX-512, so it is the AVX2 run)")
         elif name == "native":
-            results.append(run("unrestricted (fp32; the recipe pins the AVX2 kernels)", {}))
+            results[name] = run("unrestricted (fp32; the recipe pins the AVX2 kernels)", {})
         elif name == "unpinned":
-            results.append(run("unrestricted, --set cpu_kernels=native (fp32, AVX-512 kernels)", {},
-                               ("--set", "cpu_kernels=native")))
+            results[name] = run("unrestricted, --set cpu_kernels=native (fp32, AVX-512 kernels)", {},
+                                ("--set", "cpu_kernels=native"))
         elif name == "bf16":
             if not any(f in flags for f in ("avx512_bf16", "amx_bf16")):
                 print("\n(bf16 run skipped: this CPU has neither AVX512-BF16 nor AMX, so bf16 is emulated)")
                 continue
-            results.append(run("unrestricted, --set bf16=true (the opt-in bf16 autocast, the CPU's own kernels)", {},
-                               ("--set", "bf16=true")))
+            results[name] = run("unrestricted, --set bf16=true (the opt-in bf16 autocast, the CPU's own kernels)", {},
+                                ("--set", "bf16=true"))
         else:
             raise SystemExit(f"unknown run {name!r}")
-    for r in results:
+    for r in results.values():
         show(r)
-    fp32 = [r for r in results if "fp32" in r["label"] and "cpu_kernels" not in r["label"]]
-    if len(fp32) == 2:  # the goal: a user's fp32 figures do not depend on their CPU's instruction set
-        a, b = (x["report"] for x in fp32)
+    if "avx2" in results and "native" in results:  # the goal: a user's fp32 figures do not depend on their CPU
+        a, b = results["avx2"]["report"], results["native"]["report"]
         print(f"\nfp32, AVX2 against unrestricted: exact match differs by "
               f"{abs(a['exact_match'] - b['exact_match']) * 100:.1f} points (goal <= 3); LimaRP words differ by "
               + ", ".join(f"{k} {abs(b['roleplay_words'][k] / a['roleplay_words'][k] - 1):.0%}" for k in TARGETS
                           if a["roleplay_words"].get(k) and k in b["roleplay_words"])
               + " (goal <= 15% each)")
-
 
 if __name__ == "__main__":
     main()
