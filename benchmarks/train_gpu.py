@@ -67,7 +67,7 @@ def run(kind: str, layers: int, args, device: str) -> dict:
                      vocab_size=512, max_position_embeddings=4096, rope_theta=10000.0)
     cfg = MistralConfig(num_hidden_layers=layers, sliding_window=None, use_cache=False, tie_word_embeddings=False,
                         **shape)
-    attn = attention_implementation(args.flash_attention) or "sdpa"
+    attn = args.attention or attention_implementation(args.flash_attention) or "sdpa"
     cfg._attn_implementation = attn
     full = kind == "full"
     torch.manual_seed(0)
@@ -127,7 +127,11 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--full-layers", type=int, default=8)
     ap.add_argument("--no-flash-attention", dest="flash_attention", action="store_false")
-    ap.add_argument("--gradient-checkpointing", action="store_true", default=True)
+    ap.add_argument("--attention", choices=["sdpa", "flex_attention", "eager"],
+                    help="force transformers' attention implementation (default: what flash_attention: true picks)")
+    ap.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false",
+                    help="keep every activation (faster, more memory); default: checkpoint each layer")
+    ap.add_argument("--only", choices=["lora", "full"], help="run one of the two setups")
     ap.add_argument("--smoke", action="store_true", help="a tiny shape on CPU, a few steps: the script runs")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -143,9 +147,11 @@ def main() -> None:
         device = "cuda"
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (smoke test)"
     peak = peak_flops(name) if device == "cuda" else None
-    print(f"device: {name}; torch {torch.__version__}; sequence_len {args.seq}, packed; steps timed: {args.steps}")
+    print(f"device: {name}; torch {torch.__version__}; sequence_len {args.seq}, packed; steps timed: {args.steps}; "
+          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}")
     lora = "lora r=8 (smoke)" if args.smoke else "lora r=256 all-linear"
-    for kind, layers in ((lora, 32 if not args.smoke else 2), ("full", args.full_layers)):
+    setups = ((lora, 32 if not args.smoke else 2), ("full", args.full_layers))
+    for kind, layers in (s for s in setups if args.only in (None, "full" if s[0] == "full" else "lora")):
         r = run("full" if kind == "full" else "lora", layers, args, device)
         mfu = f"{r['flops_per_s'] / peak:.1%}" if peak else "n/a (unknown peak)"
         mem = f", peak memory {r['peak_mem_gb']:.1f} GiB" if r["peak_mem_gb"] is not None else ""

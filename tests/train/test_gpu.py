@@ -75,3 +75,23 @@ def test_full_finetune_weights_stay_fp32_under_bf16(small_recipe, tmp_path):
 
     trainer = build(load_recipe(small_recipe(bf16=True, max_steps=1)), tmp_path / "run", show_progress=False)[0]
     assert trainer.args.bf16 and all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+def test_packed_samples_stay_isolated_on_gpu(tiny_base, chatml_tokenizer):
+    """A row packed from two samples (positions restarting at 0) gives each sample the logits it has alone: on a GPU
+    SDPA takes the masked kernels (tests/train/test_packed_forward.py checks the CPU's)."""
+    from openhermes.model.load import load_model
+    from openhermes.train.collate import PackedCollator
+
+    model, _ = load_model(tiny_base, chatml_tokenizer)
+    model.config.use_cache = False  # as training sets it: a KV cache switches packed-sample isolation off
+    model.cuda().eval()
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randint(3, len(chatml_tokenizer), (n,), generator=g).tolist() for n in (150, 90))
+    row = {"input_ids": a + b, "labels": a + b, "position_ids": list(range(150)) + list(range(90))}
+    batch = {k: v.cuda() for k, v in PackedCollator(0, pad_to=256)([row]).items() if k != "labels"}
+    with torch.no_grad():
+        packed = model(**batch).logits[0]
+        alone = [model(input_ids=torch.tensor([s], device="cuda")).logits[0] for s in (a, b)]
+    torch.testing.assert_close(packed[:150], alone[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(packed[150:240], alone[1], atol=1e-4, rtol=1e-4)
