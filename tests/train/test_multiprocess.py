@@ -12,10 +12,13 @@ from tests.train.conftest import kill_when
 
 
 def _launch(recipe, out, *extra):
-    """`openhermes train --nproc 2` in its own session, so a kill takes the launcher and both ranks."""
+    """`openhermes train --nproc 2` in its own session, so a kill takes the launcher and both ranks; CPU processes
+    also on a machine with a GPU (hidden), as a user runs them there."""
+    import os
+
     return subprocess.Popen([sys.executable, "-m", "openhermes.cli", "train", str(recipe), "--out", str(out),
                              "--nproc", "2", "--no-report", *extra], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
 
 
 def _finish(proc):
@@ -83,3 +86,16 @@ def test_two_process_lora_adapter_equals_its_last_checkpoint(small_recipe, tmp_p
     last = _tensors(tmp_path / "run" / "checkpoint-4" / "adapter_model.safetensors")
     assert final.keys() == last.keys() and any("lora_A" in k for k in final)
     assert all(torch.equal(final[k], last[k]) for k in final)
+
+
+@pytest.mark.parametrize(("nproc", "gpus", "refused"), [(2, 1, True), (4, 2, True), (2, 2, False), (8, 0, False)])
+def test_more_processes_than_gpus_is_refused_before_anything_starts(nproc, gpus, refused):
+    """On one GPU, `--nproc 2` put both ranks on it and NCCL failed mid-start ("invalid usage"); now the launcher
+    says so first. Without GPUs any count runs (CPU processes)."""
+    from openhermes.train.launch import check_processes
+
+    if refused:
+        with pytest.raises(ValueError, match=f"--nproc {nproc} runs one process per GPU.*{gpus} CUDA GPU"):
+            check_processes(nproc, gpus)
+    else:
+        check_processes(nproc, gpus)

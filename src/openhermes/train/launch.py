@@ -27,8 +27,20 @@ def torchrun_command(nproc: int, recipe_arg: str, out: Path, overrides: list[str
     return cmd
 
 
+def check_processes(nproc: int, gpus: int) -> None:
+    """On a machine with CUDA GPUs each process trains on its own GPU (LOCAL_RANK): more processes than GPUs would
+    share one, which NCCL refuses mid-start ("invalid usage"). Said here, before anything is written."""
+    if gpus and nproc > gpus:
+        raise ValueError(f"--nproc {nproc} runs one process per GPU, and this machine has {gpus} CUDA GPU"
+                         f"{'s' if gpus > 1 else ''}: use --nproc {gpus} or fewer (CUDA_VISIBLE_DEVICES chooses "
+                         f"which), or hide the GPUs (CUDA_VISIBLE_DEVICES=) to run {nproc} CPU processes")
+
+
 def launch(recipe: Recipe, recipe_arg: str, out: Path, overrides: list[str], nproc: int, resume: bool,
            cache: Path = DEFAULT_CACHE, overwrite: bool = False) -> int:
+    import torch
+
+    check_processes(nproc, torch.cuda.device_count())
     claim_run_folder(out, recipe, overwrite)  # before the workers start, so none of them races to it
     base = ensure_base_model(recipe, cache)
     prepare(recipe, load_tokenizer(base, recipe.prompt_format, recipe.special_tokens, recipe.tokens), cache_dir=cache)
