@@ -149,13 +149,14 @@ def main() -> None:
     peak = peak_flops(name) if device == "cuda" else None
     print(f"device: {name}; torch {torch.__version__}; sequence_len {args.seq}, packed; steps timed: {args.steps}; "
           f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}")
-    lora = "lora r=8 (smoke)" if args.smoke else "lora r=256 all-linear"
-    setups = ((lora, 32 if not args.smoke else 2), ("full", args.full_layers))
-    for kind, layers in (s for s in setups if args.only in (None, "full" if s[0] == "full" else "lora")):
-        r = run("full" if kind == "full" else "lora", layers, args, device)
+    setups = {"lora": ("lora r=8 (smoke)" if args.smoke else "lora r=256 all-linear", 2 if args.smoke else 32),
+              "full": ("full", args.full_layers)}  # kind: (label, layers)
+    for kind in [args.only] if args.only else setups:
+        label, layers = setups[kind]
+        r = run(kind, layers, args, device)
         mfu = f"{r['flops_per_s'] / peak:.1%}" if peak else "n/a (unknown peak)"
         mem = f", peak memory {r['peak_mem_gb']:.1f} GiB" if r["peak_mem_gb"] is not None else ""
-        print(f"{kind:>22}: {layers} layers, {r['params'] / 1e9:.2f} B params, attention {r['attention']}: "
+        print(f"{label:>22}: {layers} layers, {r['params'] / 1e9:.2f} B params, attention {r['attention']}: "
               f"{r['tokens_per_s']:,.0f} tokens/s ({r['trained_tokens_per_s']:,.0f} trained), "
               f"{r['flops_per_s'] / 1e12:.1f} TFLOP/s, MFU {mfu}{mem}")
 

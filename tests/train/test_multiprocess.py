@@ -3,6 +3,7 @@ losses as one process at the same global batch, the gathered final save, resume 
 FSDP and DeepSpeed only on GPUs: their tests are in test_gpu.py.)"""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,8 +15,6 @@ from tests.train.conftest import kill_when
 def _launch(recipe, out, *extra):
     """`openhermes train --nproc 2` in its own session, so a kill takes the launcher and both ranks; CPU processes
     also on a machine with a GPU (hidden), as a user runs them there."""
-    import os
-
     return subprocess.Popen([sys.executable, "-m", "openhermes.cli", "train", str(recipe), "--out", str(out),
                              "--nproc", "2", "--no-report", *extra], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
@@ -38,7 +37,6 @@ def test_two_process_full_run_saves_the_gathered_weights_and_resumes_after_sigki
     gathering save: it loads in plain transformers and equals the last checkpoint tensor for tensor. A
     2-process run killed (launcher and ranks) after a checkpoint and resumed ends with the weights of an
     uninterrupted 2-process run: every rank's RNG and the data order restored."""
-    import os
     import signal
 
     import torch
