@@ -4,7 +4,9 @@
 2. One decode step of 8 rows of 1,500 tokens: our batch (the Slab, written in place, and the fast decode step of
    infer/fast_decode.py where the model allows it) against the model's own forward on the same Slab, and against
    the same rows in transformers' DynamicCache (grown by torch.cat), with the share of the step that torch.cat takes.
-3. With --gguf FILE, or --wider (an f16 GGUF of serve_load.py's ~160M random Mistral-shaped model): one llama.cpp
+3. Prefills into the batch with the fast forward against the model's forward, interleaved: a new 1,000-token prompt
+   alone, and 8 next turns together (30 new tokens each after 1,500 tokens found in the prefix cache).
+4. With --gguf FILE, or --wider (an f16 GGUF of serve_load.py's ~160M random Mistral-shaped model): one llama.cpp
    decode step of 1 row and of 8 rows through the llama.cpp engine's slots.
 
     python benchmarks/decode_costs.py [--model runs/tiny/model] [--gguf model-f16.gguf | --wider] [--repeats 20]
@@ -22,7 +24,9 @@ from _common import cpu_model_and_flags, embedded_model_folder, wider_model_fold
 from torch.profiler import ProfilerActivity, profile
 from transformers import DynamicCache
 
+from openhermes.infer.batch import Batch, Costs
 from openhermes.infer.engine import Engine
+from openhermes.infer.prefix_cache import PrefixCache
 from openhermes.infer.sampling import PRESETS
 from openhermes.infer.sequence import GenerationRequest
 
@@ -82,6 +86,34 @@ def torch_costs(engine: Engine, repeats: int) -> None:
           f"DynamicCache {theirs:.1f} ms, torch.cat {100 * cat / total:.0f}% of its CPU time -> {theirs / ours:.2f}x")
 
 
+@torch.inference_mode()
+def prefill_costs(engine: Engine, repeats: int) -> None:
+    model, vocab = engine.model, engine.vocab_size
+    cache = PrefixCache(256)
+    histories = [prompt(vocab, 1500, 10 + r) for r in range(8)]
+    Batch(model, cache).add_many([engine.sequence(GenerationRequest(h, PRESETS["greedy"], 1)) for h in histories])
+    cases = {"a new 1,000-token prompt": (None, [prompt(vocab, 1000, 1)]),
+             "8 next turns of 30 tokens after 1,500 cached": (cache, [h + prompt(vocab, 30, 20 + r)
+                                                                      for r, h in enumerate(histories)])}
+    for label, (prefixes, prompts) in cases.items():
+        def add(fast: bool, prefixes=prefixes, prompts=prompts) -> None:
+            batch = Batch(model, prefixes)
+            if not fast:
+                batch.fast = None
+            batch.costs = Costs()  # costs not yet known: the next turns share one forward
+            batch.add_many([engine.sequence(GenerationRequest(p, PRESETS["greedy"], 1)) for p in prompts])
+
+        if Batch(model).fast is None:
+            print(f"prefill, {label}: the model's forward only (no fast forward for this model)")
+            continue
+        ours, own = [], []
+        for _ in range(5):  # interleaved: the machine's speed drifts
+            ours.append(best_ms(lambda: add(True), max(3, repeats // 4)))
+            own.append(best_ms(lambda: add(False), max(3, repeats // 4)))
+        print(f"prefill into the batch, {label}: fast forward {min(ours):.1f} ms, the model's forward "
+              f"{min(own):.1f} ms -> {min(own) / min(ours):.2f}x")
+
+
 def llamacpp_costs(gguf: Path, repeats: int) -> None:
     from openhermes.infer.llamacpp import LlamaCppEngine
 
@@ -111,7 +143,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = embedded_model_folder(args.model, Path(tmp))
         print(f"model {folder}")
-        torch_costs(Engine.load(folder, device="cpu", prefix_cache_mb=0), args.repeats)
+        engine = Engine.load(folder, device="cpu", prefix_cache_mb=0)
+        torch_costs(engine, args.repeats)
+        prefill_costs(engine, args.repeats)
         gguf = args.gguf
         if args.wider:
             from openhermes.export.gguf import export_gguf

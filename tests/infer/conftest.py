@@ -16,6 +16,29 @@ def unwritten_buffers_hold_nan(monkeypatch):
     monkeypatch.setattr(Slab, "unwritten", float("nan"))
 
 
+@pytest.fixture
+def forwards(monkeypatch) -> list[tuple[int, int, int]]:
+    """(rows, new tokens a row, CPU threads) of every forward a batch runs from here on: the fast one
+    (infer/fast_decode.py, where the model allows it) or the model's own."""
+    from openhermes.infer.batch import Batch
+    from openhermes.infer.fast_decode import FastDecode
+
+    calls: list[tuple[int, int, int]] = []
+    fast, own = FastDecode.forward, Batch._forward
+
+    def fast_forward(self, ids, *args, **kwargs):
+        calls.append((*ids.shape, torch.get_num_threads()))
+        return fast(self, ids, *args, **kwargs)
+
+    def own_forward(self, **inputs):
+        calls.append((*inputs["input_ids"].shape, torch.get_num_threads()))
+        return own(self, **inputs)
+
+    monkeypatch.setattr(FastDecode, "forward", fast_forward)
+    monkeypatch.setattr(Batch, "_forward", own_forward)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def scripted(tiny_base, chatml_tokenizer):
     """make(script_text) -> (Engine, script ids): the model continues any ChatML prompt with script_text."""

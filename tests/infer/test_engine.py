@@ -143,11 +143,14 @@ def test_leading_spaces_of_the_reply_are_kept(scripted, chatml_tokenizer):
 
 
 def test_generation_leaves_the_process_environment_as_it_was(engine, monkeypatch):
-    """The batch turns on transformers' grouped-SDPA switch around its own forwards only; a user's setting stands."""
+    """The batch turns on transformers' grouped-SDPA switch around the model's own forwards only (here without the
+    fast forward, which calls SDPA itself); a user's setting stands."""
     import os
 
     from openhermes.infer.batch import GQA_SWITCH
+    from openhermes.infer.fast_decode import FastDecode
 
+    monkeypatch.setattr(FastDecode, "for_model", classmethod(lambda cls, model: None))
     monkeypatch.delenv(GQA_SWITCH, raising=False)
     seen = []
     hook = engine.model.register_forward_pre_hook(lambda module, args: seen.append(os.environ.get(GQA_SWITCH)))

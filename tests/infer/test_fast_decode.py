@@ -1,14 +1,16 @@
-"""The fast decode step (infer/fast_decode.py) against the model's own forward, in lockstep: the same tokens,
-log-probabilities and KV cache at every step, with padded rows, joins and leaves, on Mistral and on Llama with a
-rope scaling; the joined weights follow changes to the model; and the models it must leave to transformers."""
+"""The fast forward (infer/fast_decode.py) against the model's own, in lockstep: the same tokens, log-probabilities
+and KV cache at every step and every prefill, with padded rows, joins and leaves, on Mistral and on Llama with a
+rope scaling, and next turns prefilled together after reused prefixes; the joined weights follow changes to the
+model; and the models it must leave to transformers."""
 
 import copy
 
 import pytest
 import torch
 
-from openhermes.infer.batch import Batch
+from openhermes.infer.batch import Batch, Costs
 from openhermes.infer.engine import Engine
+from openhermes.infer.prefix_cache import PrefixCache
 from openhermes.infer.sampling import PRESETS
 from openhermes.infer.sequence import GenerationRequest
 
@@ -90,6 +92,44 @@ def test_joined_weights_follow_a_model_that_changes(chat_model, chatml_tokenizer
     model.model.layers[0].self_attn.q_proj.weight = torch.nn.Parameter(torch.randn_like(
         model.model.layers[0].self_attn.q_proj.weight))  # replaced, not changed in place
     lockstep(engine)
+
+
+def test_next_turns_after_reused_prefixes_equal_the_model_forward(chat_model, chatml_tokenizer, forwards):
+    """Three conversations' next turns (prefixes of different lengths found in the prefix cache) and a new one with
+    nothing cached, prefilled in one forward: keys, values, tokens and log-probabilities as the model's forward."""
+    engine = Engine(chat_model, chatml_tokenizer, prefix_cache_mb=0)
+    firsts = [engine.chat_prompt([{"role": "user", "content": "Tell me about the river. " * k}]) for k in (1, 4, 9)]
+    tail = chatml_tokenizer.encode("<|im_end|>\n<|im_start|>user\nAnd the gate?<|im_end|>\n<|im_start|>assistant\n",
+                                   add_special_tokens=False)
+    runs = []
+    for fast in (True, False):
+        batch = Batch(engine.model, PrefixCache(64))
+        if not fast:
+            batch.fast = None
+        seqs = [engine.sequence(GenerationRequest(p, PRESETS["greedy"], 6, ignore_eos=True)) for p in firsts]
+        batch.add_many(seqs)
+        while len(batch):
+            batch.step()  # rows that leave are stored with their replies
+        nexts = [s.ids + tail for s in seqs] + [engine.chat_prompt([{"role": "user", "content": "New here."}])]
+        seqs = [engine.sequence(GenerationRequest(p, PRESETS["greedy"], 8, ignore_eos=True, logprobs=3))
+                for p in nexts]
+        batch.costs = Costs()  # costs not yet known: prompts are grouped
+        forwards.clear()
+        batch.add_many(seqs)
+        assert [rows for rows, _, _ in forwards] == [4]
+        assert [s.cached_tokens > 0 for s in seqs] == [True, True, True, False]
+        kv = [batch.slab.row_kv(row) for row in range(4)]
+        while len(batch):
+            batch.step()
+        runs.append((kv, [s.result() for s in seqs]))
+    (fast_kv, fast_results), (own_kv, own_results) = runs
+    for rows_a, rows_b in zip(fast_kv, own_kv, strict=True):
+        for (ka, va), (kb, vb) in zip(rows_a, rows_b, strict=True):
+            torch.testing.assert_close(ka, kb, rtol=0, atol=1e-5)
+            torch.testing.assert_close(va, vb, rtol=0, atol=1e-5)
+    for a, b in zip(fast_results, own_results, strict=True):
+        assert a.token_ids == b.token_ids and len(a.token_ids) == 8
+        assert [t.logprob for t in a.logprobs] == pytest.approx([t.logprob for t in b.logprobs], abs=1e-5)
 
 
 def test_models_it_leaves_to_transformers(chat_model, chatml_tokenizer):

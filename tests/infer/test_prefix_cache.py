@@ -129,7 +129,7 @@ def test_a_reply_is_kept_even_when_the_server_cancels_its_request_first(chat_mod
     assert n == len(prompt) + 9  # all but the last reply token, whose KV a finished row never computes
 
 
-def test_next_turns_prefilled_together_equal_each_alone(chat_model, chatml_tokenizer):
+def test_next_turns_prefilled_together_equal_each_alone(chat_model, chatml_tokenizer, forwards):
     """Several clients' next turns join at once: their new parts (after prefixes of different lengths, and one
     conversation with nothing cached, whose padding has nothing real before it) are computed in one forward,
     with each reply what a cold prefill of its prompt alone gives."""
@@ -142,13 +142,11 @@ def test_next_turns_prefilled_together_equal_each_alone(chat_model, chatml_token
     histories.append([{"role": "user", "content": "New here."}])
     prompts = [warm.chat_prompt(h) for h in histories]
     reqs = [GenerationRequest(p, PRESETS["greedy"], 12, ignore_eos=True, logprobs=2) for p in prompts]
-    calls = []
-    hook = warm.model.register_forward_pre_hook(lambda module, args: calls.append(1))
     batch = warm.new_batch()
     seqs = [warm.sequence(r) for r in reqs]
+    forwards.clear()
     batch.add_many(seqs)
-    hook.remove()
-    assert len(calls) == 1  # one forward for the four prefills
+    assert [rows for rows, _, _ in forwards] == [4]  # one forward for the four prefills
     assert [s.cached_tokens > 0 for s in seqs] == [True, True, True, False]
     while len(batch):
         batch.step()
@@ -159,8 +157,8 @@ def test_next_turns_prefilled_together_equal_each_alone(chat_model, chatml_token
         assert [t.logprob for t in got.logprobs] == pytest.approx([t.logprob for t in alone.logprobs], abs=1e-4)
 
 
-@pytest.mark.parametrize(("per_token", "forwards"), [(1e-5, 1), (1e-3, 3)])
-def test_prompts_share_a_forward_only_where_it_pays(chat_model, chatml_tokenizer, per_token, forwards):
+@pytest.mark.parametrize(("per_token", "shared"), [(1e-5, True), (1e-3, False)])
+def test_prompts_share_a_forward_only_where_it_pays(chat_model, chatml_tokenizer, per_token, shared, forwards):
     """In a shared forward everyone waits for the whole group: prompts whose own compute is below a forward's fixed
     cost (a decode step, measured) go together; heavier ones go alone, shortest first."""
     engine = Engine(chat_model, chatml_tokenizer, prefix_cache_mb=0)
@@ -168,14 +166,11 @@ def test_prompts_share_a_forward_only_where_it_pays(chat_model, chatml_tokenizer
     batch = engine.new_batch()
     batch.costs.stepped(0.004)  # 4 ms a step; at 1e-3 s a token a 20-token prompt alone costs 20 ms
     batch.costs.prefilled(100, 0.004 + 100 * per_token)
-    calls = []
-    hook = engine.model.register_forward_pre_hook(lambda m, args, kw: calls.append(kw["input_ids"].shape),
-                                                  with_kwargs=True)
     seqs = [engine.sequence(GenerationRequest(p, PRESETS["greedy"], 4, ignore_eos=True)) for p in reversed(prompts)]
     batch.add_many(seqs)
-    hook.remove()
     lengths = sorted(len(p) for p in prompts)
-    assert calls == ([(3, lengths[-1])] if forwards == 1 else [(1, n) for n in lengths])  # alone: shortest first
+    calls = [(rows, tokens) for rows, tokens, _ in forwards]
+    assert calls == ([(3, lengths[-1])] if shared else [(1, n) for n in lengths])  # alone: shortest first
     while len(batch):
         batch.step()
     assert [s.result().token_ids for s in seqs] == [engine.generate([s.request])[0].token_ids for s in seqs]

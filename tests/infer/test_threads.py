@@ -23,14 +23,9 @@ def test_reserving_leaves_cores_while_decoding_and_none_while_prefilling():
         CPUThreads.reserving(-1, threads=2)
 
 
-def test_the_scheduler_decodes_on_the_decode_threads_and_prefills_on_all(engine):
+def test_the_scheduler_decodes_on_the_decode_threads_and_prefills_on_all(engine, forwards):
     before = torch.get_num_threads()
-    prefills: list[int] = []
-    steps: list[int] = []
-    # Prefills go through the model's forward (more than one token); decode steps end with on_step.
-    hook = engine.model.register_forward_pre_hook(
-        lambda module, args, kwargs: prefills.append(torch.get_num_threads())
-        if kwargs["input_ids"].shape[1] > 1 else None, with_kwargs=True)
+    steps: list[int] = []  # decode steps end with on_step
     done = threading.Semaphore(0)
     sched = Scheduler(engine, threads=CPUThreads(decode=1, prefill=3), on_step=lambda rows: steps.append(
         torch.get_num_threads()))
@@ -43,7 +38,7 @@ def test_the_scheduler_decodes_on_the_decode_threads_and_prefills_on_all(engine)
             assert done.acquire(timeout=60)
     finally:
         sched.stop()
-        hook.remove()
+    prefills = [threads for _, tokens, threads in forwards if tokens > 1]
     assert prefills and set(prefills) == {3}
     assert steps and set(steps) == {1}
     assert torch.get_num_threads() == before  # the caller's thread is untouched

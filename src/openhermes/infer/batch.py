@@ -228,7 +228,7 @@ class Batch:
     def __init__(self, model, prefix_cache: PrefixCache | None = None):
         self.model = model
         self.prefix_cache = prefix_cache
-        self.fast = FastDecode.for_model(model)  # a leaner decode step where it computes the same, else None
+        self.fast = FastDecode.for_model(model)  # a leaner forward where it computes the same, else None
         self.device = next(model.parameters()).device
         self.rows: list[Sequence] = []
         self.slab: Slab | None = None
@@ -354,10 +354,11 @@ class Batch:
         view.keys = [k[first:first + rows] for k in slab.keys]
         view.values = [v[first:first + rows] for v in slab.values]
         view.rows, view.start, view.end = rows, end - width - prefix, end - width
-        cache = Cache(layers=[SlabLayer(view, i) for i in range(len(view.keys))])
-        if rows == 1:  # transformers builds the mask (and positions) of one row after its cache
+        fast = self.fast is not None and self._own_mask_fits(prefix + width)
+        if rows == 1 and not fast:  # transformers builds the mask (and positions) of one row after its cache
             ids = torch.tensor([group[0].seq.ids[group[0].start:]], device=dev)
-            out = self._forward(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache = Cache(layers=[SlabLayer(view, i) for i in range(len(view.keys))])
+            logits = self._forward(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         else:
             ids = torch.zeros((rows, width), dtype=torch.long, device=dev)
             positions = torch.zeros((rows, width), dtype=torch.long, device=dev)
@@ -369,10 +370,13 @@ class Batch:
             cols = torch.arange(prefix + width, device=dev)
             query = prefix + torch.arange(width, device=dev)
             # A padding query also sees itself: with nothing real before it, a row of the mask would be all masked.
-            allowed = (cols <= query[:, None]) & real[:, None, :] | (cols == query[:, None])
-            out = self._forward(input_ids=ids, attention_mask=self._additive(allowed[:, None]), position_ids=positions,
-                             past_key_values=cache, use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1]
+            mask = self._additive(((cols <= query[:, None]) & real[:, None, :] | (cols == query[:, None]))[:, None])
+            if fast:
+                logits = self.fast.forward(ids, positions, None if rows == 1 and not prefix else mask, view)
+            else:
+                cache = Cache(layers=[SlabLayer(view, i) for i in range(len(view.keys))])
+                logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         for r, w in enumerate(group):
             slab.mask[first + r, end - len(w.seq.ids):end] = 1
         self.rows.extend(w.seq for w in group)

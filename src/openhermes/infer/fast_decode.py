@@ -1,13 +1,14 @@
-"""A decode step for small Llama/Mistral models on a CPU, as a few fused tensor operations.
+"""A forward for small Llama/Mistral models on a CPU, as a few fused tensor operations: the batch's decode steps,
+and its prefills into the batch's own buffers (a next turn after a reused prefix, a new prompt).
 
 Our own forward, because on a small model transformers' module-per-operation forward costs more than the
 arithmetic: its decode step is ~60 Python-level operations a layer, and the embedded default's whole step (8 rows
-of 1,500 tokens) takes 4.5 ms with it against 3.1 ms with this one (benchmarks/decode_costs.py). It is used only where
-it computes exactly what the model's own forward does (tests/infer/test_fast_decode.py compares every step's
-logits and KV): Mistral/Llama layers of plain `nn.Linear`s without bias, SiLU, RMSNorm, the model's own rotary
-module (so every rope scaling type is the model's), fp32 on a CPU, one new token a row, and a mask the
-batch made itself. Anything else (a GPU, bf16, a quantized or adapted layer, another architecture) takes the
-model's forward.
+of 1,500 tokens) takes 4.5 ms with it against 3.1 ms with this one (benchmarks/decode_costs.py, AVX2). A prefill's last
+layer also computes its queries and MLP for the last token alone (only its logits are wanted). It is used only
+where it computes exactly what the model's own forward does (tests/infer/test_fast_decode.py compares every
+step's and prefill's logits and KV): Mistral/Llama layers of plain `nn.Linear`s without bias, SiLU, RMSNorm, the
+model's own rotary module (so every rope scaling type is the model's), fp32 on a CPU, and a mask the batch made
+itself. Anything else (a GPU, bf16, a quantized or adapted layer, another architecture) takes the model's forward.
 
 The query, key and value weights (and gate and up) are joined into one matrix per layer, one matmul each; the
 copies are made only for models whose joined weights take at most FUSED_BYTES, kept per model, and made again
@@ -98,26 +99,43 @@ class FastDecode:
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, slab) -> torch.Tensor:
         """One token for each of the slab's rows: `ids` and `positions` (rows,), `mask` the step's 4D additive mask
         over columns [start, end] or None; writes the tokens' keys and values at column `end`. Returns the logits."""
-        rows, end, start = slab.rows, slab.end, slab.start
+        return self.forward(ids[:, None], positions[:, None], mask, slab)
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, slab) -> torch.Tensor:
+        """`n` new tokens for each of the slab's rows (a decode step: n = 1; a prefill after a cached prefix: more):
+        `ids` and `positions` (rows, n); `mask` the 4D additive mask (rows, 1, n, columns [start, end + n)), or None
+        where there is no padding and, for n > 1, no column before the new tokens (attention then causal over them
+        alone). Writes their keys and values at columns [end, end + n). Returns the logits of each row's last token
+        (rows, vocab): the last layer computes its queries and MLP for that token alone."""
+        rows, n = ids.shape
+        end, start = slab.end, slab.start
         heads, kv, dim = self.heads, self.kv_heads, self.head_dim
         embed = self.embed
-        cos, sin = self.rotary(embed[:1], positions[:, None])  # (rows, 1, dim): both halves of each head
+        cos, sin = (t[:, :, None] for t in self.rotary(embed[:1], positions))  # (rows, n, 1, dim): both halves
         qk_width = (heads + kv) * dim
         h = embed[ids]
+        last = len(self.layers) - 1
         for i, (in_norm, in_eps, qkv_w, o_w, post_norm, post_eps, gate_up_w, down_w) in enumerate(self.layers):
             x = F.rms_norm(h, (self.hidden,), eps=in_eps) * in_norm
             qkv = F.linear(x, qkv_w)
-            qk = qkv[:, :qk_width].view(rows, heads + kv, dim)
+            qk = qkv[..., :qk_width].view(rows, n, heads + kv, dim)
             qk = qk * cos + _rotate_half(qk) * sin  # queries and keys rotated together
             keys, values = slab.keys[i], slab.values[i]
-            keys[:rows, :, end] = qk[:, heads:]
-            values[:rows, :, end] = qkv[:, qk_width:].view(rows, kv, dim)
-            # Each key/value head's queries as its rows (transformers' GQA packing): no repeated keys.
-            out = F.scaled_dot_product_attention(
-                qk[:, :heads].reshape(rows, kv, heads // kv, dim), keys[:rows, :, start:end + 1],
-                values[:rows, :, start:end + 1], attn_mask=mask, scale=self.scaling)
-            h = h + F.linear(out.reshape(rows, heads * dim), o_w)
+            keys[:rows, :, end:end + n] = qk[:, :, heads:].transpose(1, 2)
+            values[:rows, :, end:end + n] = qkv[..., qk_width:].view(rows, n, kv, dim).transpose(1, 2)
+            k, v = keys[:rows, :, start:end + n], values[:rows, :, start:end + n]
+            if i == last and n > 1:  # only the last token's logits are wanted: its query alone from here on
+                qk, h, n = qk[:, -1:], h[:, -1:], 1
+                mask = mask[:, :, -1:] if mask is not None else None
+            if n == 1:  # each key/value head's queries as its rows (transformers' GQA packing): no repeated keys
+                out = F.scaled_dot_product_attention(qk[:, 0, :heads].reshape(rows, kv, heads // kv, dim), k, v,
+                                                     attn_mask=mask, scale=self.scaling)
+            else:  # SDPA's causal kernel where no mask is needed (a whole prompt): faster than a mask of its own
+                out = F.scaled_dot_product_attention(qk[:, :, :heads].transpose(1, 2), k, v, attn_mask=mask,
+                                                     is_causal=mask is None, scale=self.scaling,
+                                                     enable_gqa=True).transpose(1, 2)
+            h = h + F.linear(out.reshape(rows, n, heads * dim), o_w)
             x = F.rms_norm(h, (self.hidden,), eps=post_eps) * post_norm
             gate_up = F.linear(x, gate_up_w)
-            h = h + F.linear(F.silu(gate_up[:, :self.intermediate]) * gate_up[:, self.intermediate:], down_w)
-        return F.linear(F.rms_norm(h, (self.hidden,), eps=self.norm_eps) * self.norm, self.head)
+            h = h + F.linear(F.silu(gate_up[..., :self.intermediate]) * gate_up[..., self.intermediate:], down_w)
+        return F.linear(F.rms_norm(h[:, -1], (self.hidden,), eps=self.norm_eps) * self.norm, self.head)
