@@ -89,6 +89,9 @@ def torch_costs(engine: Engine, repeats: int) -> None:
 @torch.inference_mode()
 def prefill_costs(engine: Engine, repeats: int) -> None:
     model, vocab = engine.model, engine.vocab_size
+    if Batch(model).fast is None:
+        print("prefill into the batch: the model's forward only (no fast forward for this model)")
+        return
     cache = PrefixCache(256)
     histories = [prompt(vocab, 1500, 10 + r) for r in range(8)]
     Batch(model, cache).add_many([engine.sequence(GenerationRequest(h, PRESETS["greedy"], 1)) for h in histories])
@@ -103,9 +106,6 @@ def prefill_costs(engine: Engine, repeats: int) -> None:
             batch.costs = Costs()  # costs not yet known: the next turns share one forward
             batch.add_many([engine.sequence(GenerationRequest(p, PRESETS["greedy"], 1)) for p in prompts])
 
-        if Batch(model).fast is None:
-            print(f"prefill, {label}: the model's forward only (no fast forward for this model)")
-            continue
         ours, own = [], []
         for _ in range(5):  # interleaved: the machine's speed drifts
             ours.append(best_ms(lambda: add(True), max(3, repeats // 4)))

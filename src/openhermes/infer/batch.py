@@ -355,9 +355,9 @@ class Batch:
         view.values = [v[first:first + rows] for v in slab.values]
         view.rows, view.start, view.end = rows, end - width - prefix, end - width
         fast = self.fast is not None and self._own_mask_fits(prefix + width)
+        cache = None if fast else Cache(layers=[SlabLayer(view, i) for i in range(len(view.keys))])
         if rows == 1 and not fast:  # transformers builds the mask (and positions) of one row after its cache
             ids = torch.tensor([group[0].seq.ids[group[0].start:]], device=dev)
-            cache = Cache(layers=[SlabLayer(view, i) for i in range(len(view.keys))])
             logits = self._forward(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         else:
             ids = torch.zeros((rows, width), dtype=torch.long, device=dev)
@@ -367,14 +367,17 @@ class Batch:
                 ids[r, width - w.todo:] = torch.tensor(w.seq.ids[w.start:], device=dev)
                 positions[r, width - w.todo:] = torch.arange(w.start, len(w.seq.ids), device=dev)
                 real[r, prefix + width - len(w.seq.ids):] = True
-            cols = torch.arange(prefix + width, device=dev)
-            query = prefix + torch.arange(width, device=dev)
-            # A padding query also sees itself: with nothing real before it, a row of the mask would be all masked.
-            mask = self._additive(((cols <= query[:, None]) & real[:, None, :] | (cols == query[:, None]))[:, None])
-            if fast:
-                logits = self.fast.forward(ids, positions, None if rows == 1 and not prefix else mask, view)
+            if fast and rows == 1 and not prefix:  # a whole prompt alone: the fast forward attends causally, no mask
+                mask = None
             else:
-                cache = Cache(layers=[SlabLayer(view, i) for i in range(len(view.keys))])
+                cols = torch.arange(prefix + width, device=dev)
+                query = prefix + torch.arange(width, device=dev)
+                # A padding query also sees itself: with nothing real before it, a row of the mask would be all masked.
+                allowed = (cols <= query[:, None]) & real[:, None, :] | (cols == query[:, None])
+                mask = self._additive(allowed[:, None])
+            if fast:
+                logits = self.fast.forward(ids, positions, mask, view)
+            else:
                 logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions,
                                        past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         for r, w in enumerate(group):
