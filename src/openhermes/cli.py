@@ -479,6 +479,8 @@ def eval_(model: str | None = typer.Argument(None, help=MODEL_HELP),
           chat_template: bool = typer.Option(False, help="Wrap contexts in a ChatML user turn (the card did not)."),
           quirks: bool = typer.Option(False, help="Reproduce the card harness's known quirks (BigBench's "
                                       "tracking_shuffled_objects_three_objects = logical_deduction_three_objects)."),
+          mc2: str = typer.Option("harness", help="TruthfulQA mc2's true answers: harness (the card's: those "
+                                  "before the first label 0) or labels (every answer labelled 1)."),
           limit: int | None = typer.Option(None, help="At most N questions per task (quick checks)."),
           task: list[str] | None = typer.Option(None, "--task", help="Only these tasks, e.g. navigate or "
                                                 "bigbench_navigate (repeatable)."),
@@ -499,11 +501,14 @@ def eval_(model: str | None = typer.Argument(None, help=MODEL_HELP),
 
     try:
         cfg = EvalConfig(expand(suite), data_dir, bigbench_dir, add_bos, chat_template, quirks, limit, batch_size,
-                         humaneval_mode, samples, temperature, tuple(task or ()), allow_unsandboxed=unsafe_no_sandbox)
+                         humaneval_mode, samples, temperature, tuple(task or ()), allow_unsandboxed=unsafe_no_sandbox,
+                         mc2=mc2)
     except ValueError as e:
         _fail(str(e))
     if humaneval_mode not in ("completion", "chat"):
         _fail(f"--humaneval-mode {humaneval_mode!r}: choose completion or chat")
+    if mc2 not in ("harness", "labels"):
+        _fail(f"--mc2 {mc2!r}: choose harness or labels")
     runner = _engine(model, adapter, device)
     try:
         evaluate(runner.model, runner.tokenizer, cfg, output, echo=print, overwrite=overwrite)

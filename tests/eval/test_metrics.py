@@ -55,6 +55,32 @@ def test_mc1_and_mc2():
     assert metrics.mc2(lls, labels) == pytest.approx(0.3 / 0.6)
 
 
+def harness_mc2(lls, labels):
+    """lm-evaluation-harness b281b09's truthfulqa mc2, restated: the answers before the first 0 are the true ones."""
+    split = list(labels).index(0)
+    p_true, p_false = np.exp(np.array(lls[:split])), np.exp(np.array(lls[split:]))
+    return float(sum(p_true / (sum(p_true) + sum(p_false))))
+
+
+def test_mc2_takes_the_true_answers_as_the_harness_does():
+    lls, labels = [math.log(p) for p in (0.1, 0.2, 0.3, 0.15, 0.25)], [1, 1, 0, 1, 0]
+    assert metrics.mc2(lls, labels) == pytest.approx(harness_mc2(lls, labels), abs=1e-12)
+    assert metrics.mc2(lls, labels) == pytest.approx(0.3)  # the 1 after a 0 is not counted
+    assert metrics.mc2(lls, labels, rule="labels") == pytest.approx(0.45)  # --mc2 labels: it is
+    with pytest.raises(ValueError, match="unknown mc2 rule"):
+        metrics.mc2(lls, labels, rule="guess")
+
+
+def test_boolq_tie_predicts_no_as_the_harness_does():
+    from openhermes.eval.tasks import gpt4all
+    from openhermes.eval.tasks.base import METRICS
+
+    yes, no = gpt4all._boolq([{"passage": "p", "question": "q", "label": 1}, {"passage": "p", "question": "q",
+                                                                                  "label": 0}])
+    assert METRICS["acc"](yes, [-1.0, -1.0]) == 0.0 and METRICS["acc"](no, [-1.0, -1.0]) == 1.0
+    assert METRICS["acc"](yes, [-1.0, -2.0]) == 1.0 and METRICS["acc"](no, [-1.0, -2.0]) == 0.0
+
+
 def test_mc2_is_stable_where_the_naive_formula_underflows():
     lls, labels = [-2000.0, -2001.0, -2003.0], [1, 0, 0]
     with np.errstate(all="ignore"):

@@ -43,14 +43,33 @@ def mc1(logprobs: Sequence[float]) -> float:
     return float(int(np.argmax(logprobs)) == 0)
 
 
-def mc2(logprobs: Sequence[float], labels: Sequence[int]) -> float:
-    """TruthfulQA MC2: probability mass of the true answers over all answers. The harness calls exp()
-    on raw log-likelihoods, which underflows for long answers; subtracting the max first gives the
-    same ratio without underflow."""
+MC2_RULES = ("harness", "labels")
+
+
+def mc2(logprobs: Sequence[float], labels: Sequence[int], rule: str = "harness") -> float:
+    """TruthfulQA MC2: probability mass of the true answers over all answers.
+
+    rule "harness" (the card's): the true answers are those before the first label 0
+    (`labels.index(0)`), whatever the labels after it say; "labels": every answer labelled 1, wherever it
+    stands (the data's own meaning; differs on the validation rows whose labels are not all 1s then 0s).
+    The harness calls exp() on raw log-likelihoods, which underflows for long answers; subtracting the max
+    first gives the same ratio without underflow."""
     lp = np.asarray(logprobs, dtype=np.float64)
     p = np.exp(lp - lp.max())
-    true = np.asarray(labels, dtype=bool)
+    if rule == "harness":
+        split = list(labels).index(0) if 0 in labels else len(labels)
+        true = np.arange(len(labels)) < split
+    elif rule == "labels":
+        true = np.asarray(labels, dtype=bool)
+    else:
+        raise ValueError(f"unknown mc2 rule {rule!r}; choose one of {', '.join(MC2_RULES)}")
     return float(p[true].sum() / p.sum())
+
+
+def yes_no_acc(ll_yes: float, ll_no: float, gold_is_yes: bool) -> float:
+    """BoolQ's acc as the harness computes it: "yes" only when its log-likelihood is strictly higher (an exact
+    tie predicts "no")."""
+    return float((ll_yes > ll_no) == gold_is_yes)
 
 
 def bigbench_grade(logprobs: Sequence[float], target_scores: dict[str, float]) -> float:

@@ -31,6 +31,7 @@ class EvalConfig:
     humaneval_temperature: float = 0.0
     only: tuple[str, ...] = ()  # task names to keep (with or without the "bigbench_"/"agieval_" prefix)
     allow_unsandboxed: bool = False  # run HumanEval code without OS isolation (--unsafe-no-sandbox)
+    mc2: str = "harness"  # metrics.MC2_RULES: the card harness's split at the first false answer, or by labels
 
 
 def expand(suites: list[str]) -> tuple[str, ...]:
@@ -62,7 +63,7 @@ def build_tasks(suite: str, cfg: EvalConfig) -> list[Task]:
         names = [n for n in agieval.TASKS if _wanted(f"agieval_{n}", cfg.only)]
         return agieval.tasks(cfg.data_dir, cfg.limit, names)
     if suite == "truthfulqa":
-        return [t for t in truthfulqa.tasks(cfg.data_dir, cfg.limit) if _wanted(t.name, cfg.only)]
+        return [t for t in truthfulqa.tasks(cfg.data_dir, cfg.limit, cfg.mc2) if _wanted(t.name, cfg.only)]
     if suite == "bigbench":
         root = cfg.bigbench_dir or (cfg.data_dir / "bigbench" if cfg.data_dir else None)
         if root is None:

@@ -5,6 +5,10 @@ context. Tokenization follows the harness: trailing whitespace of the context mo
 continuation; the pair is encoded whole and split where the context's own tokens end. No BOS by
 default (the card's `hf-causal` runs); `add_bos=True` prepends it.
 
+A request longer than the window is cut on its own, as the harness cuts it: the model sees
+`(context + continuation)[-(max_length + 1):][:-1]`, so each choice keeps `max_length + 1 - len(choice)`
+context tokens (a longer choice keeps fewer).
+
 Speed: the requests of a question share its context, so each context goes through the model once
 and only the continuations are computed after it. Contexts of similar length are prefilled together
 (right padding, masked), each context's KV cache rows are repeated for its choices, and all those
@@ -67,7 +71,10 @@ class Scorer:
             ctx, cont = self.encode_pair(r.context, r.continuation)
             if not cont:
                 raise ValueError(f"request {i}: the continuation {r.continuation!r} has no tokens")
-            groups[ctx].append((i, cont))
+            if len(cont) > self.max_length:
+                raise ValueError(f"request {i}: the continuation has {len(cont)} tokens, more than the model's "
+                                 f"window of {self.max_length}")
+            groups[self._fit(ctx, len(cont))].append((i, cont))
         results: list[LLResult | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), desc=desc, unit="req", disable=not self.progress)
         # batch_size contexts per batch (their choices ride along), at most 8 x batch_size continuation rows
@@ -78,7 +85,7 @@ class Scorer:
             if batch and (len(batch) == self.batch_size or rows + len(items) > 8 * self.batch_size):
                 self._score_batch(batch, results, bar)
                 batch, rows = [], 0
-            batch.append((self._fit(ctx, max(len(c) for _, c in items)), items))
+            batch.append((ctx, items))
             rows += len(items)
         if batch:
             self._score_batch(batch, results, bar)
@@ -86,8 +93,9 @@ class Scorer:
         return results  # type: ignore[return-value]
 
     def _fit(self, ctx: tuple[int, ...], cont_len: int) -> tuple[int, ...]:
-        """Keep the end of a context that would not fit with its continuation (as the harness does)."""
-        room = self.max_length - cont_len
+        """The context tokens the harness keeps for one request: the end of `context + continuation`,
+        max_length + 1 tokens, less its last (which is only a target)."""
+        room = self.max_length + 1 - cont_len
         return ctx[-room:] if len(ctx) > room else ctx
 
     def _score_batch(self, batch, results, bar) -> None:

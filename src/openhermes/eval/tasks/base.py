@@ -30,10 +30,11 @@ class Question:
 # metric name -> f(question, log-likelihoods) -> value
 MetricFn = Callable[[Question, list[float]], float]
 METRICS: dict[str, MetricFn] = {
-    "acc": lambda q, lls: metrics.acc(lls, q.gold),
+    "acc": lambda q, lls: (metrics.yes_no_acc(lls[0], lls[1], q.gold == 0) if q.extra.get("yes_no")
+                           else metrics.acc(lls, q.gold)),
     "acc_norm": lambda q, lls: metrics.acc_norm(lls, q.choices, q.gold),
     "mc1": lambda q, lls: metrics.mc1(lls[: q.extra["n_mc1"]]),
-    "mc2": lambda q, lls: metrics.mc2(lls[q.extra["n_mc1"]:], q.extra["labels"]),
+    "mc2": lambda q, lls: metrics.mc2(lls[q.extra["n_mc1"]:], q.extra["labels"], q.extra.get("mc2_rule", "harness")),
     "multiple_choice_grade": lambda q, lls: metrics.bigbench_grade(lls, q.extra["target_scores"]),
 }
 

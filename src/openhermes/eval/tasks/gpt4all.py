@@ -20,8 +20,9 @@ def _arc(rows, name: str) -> list[Question]:
 
 
 def _boolq(rows) -> list[Question]:
+    # yes_no: scored as the harness does, "yes" only when strictly more likely (a tie is "no")
     return [Question(str(i), f"{d['passage']}\nQuestion: {d['question']}?\nAnswer:", ["yes", "no"],
-                     0 if d["label"] else 1) for i, d in enumerate(rows)]
+                     0 if d["label"] else 1, extra={"yes_no": True}) for i, d in enumerate(rows)]
 
 
 def hellaswag_preprocess(text: str) -> str:

@@ -26,18 +26,19 @@ def context(question: str) -> str:
     return QA_PROMPT + "\n\nQ: " + question + "\nA:"
 
 
-def questions(rows) -> list[Question]:
+def questions(rows, mc2_rule: str = "harness") -> list[Question]:
     """One question per item; its choices are the mc1 list then the mc2 list (both scored after the
-    same context, " " + choice)."""
+    same context, " " + choice). mc2_rule: which mc2 answers count as true (metrics.mc2)."""
     out = []
     for i, d in enumerate(rows):
         mc1 = list(d["mc1_targets"]["choices"])
         mc2 = list(d["mc2_targets"]["choices"])
         out.append(Question(str(i), context(d["question"]), mc1 + mc2, 0,
-                            extra={"n_mc1": len(mc1), "labels": list(d["mc2_targets"]["labels"])}))
+                            extra={"n_mc1": len(mc1), "labels": list(d["mc2_targets"]["labels"]),
+                                   "mc2_rule": mc2_rule}))
     return out
 
 
-def tasks(data_dir: Path | None = None, limit: int | None = None) -> list[Task]:
+def tasks(data_dir: Path | None = None, limit: int | None = None, mc2_rule: str = "harness") -> list[Task]:
     rows = list(load_rows(data_dir, "truthfulqa_mc", "truthful_qa", "multiple_choice", "validation"))[:limit]
-    return [Task("truthfulqa_mc", 1, ("mc1", "mc2"), questions(rows))]
+    return [Task("truthfulqa_mc", 1, ("mc1", "mc2"), questions(rows, mc2_rule))]
