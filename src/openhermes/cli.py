@@ -54,7 +54,7 @@ def data_prepare(
 
     r = _recipe(recipe, set_)
     try:
-        tok = load_tokenizer(ensure_base_model(r), r.prompt_format, r.special_tokens, r.tokens)
+        tok = load_tokenizer(ensure_base_model(r), r.prompt_format, r.special_tokens, r.tokens, r.add_bos)
         prep = prepare(r, tok, out_dir=out, strict=strict, overwrite=overwrite)
     except (StrictError, ModelLoadError, ValueError, FileNotFoundError, OutputError) as e:
         _fail(str(e))

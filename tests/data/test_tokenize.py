@@ -41,7 +41,8 @@ def test_labels_are_assistant_content_plus_im_end(chatml_tokenizer):
 
 
 def test_tokens_equal_apply_chat_template(chatml_tokenizer):
-    (s,) = ConversationTokenizer(chatml_tokenizer, add_bos=False).encode_batch([CONV])
+    """The default BOS rule: the row starts with BOS, and so does the saved chat template."""
+    (s,) = ConversationTokenizer(chatml_tokenizer).encode_batch([CONV])
     ref = chatml_tokenizer.apply_chat_template([{"role": m.role, "content": m.content} for m in CONV.messages],
                                                tokenize=True, return_dict=False)
     assert s.input_ids.tolist() == list(ref)
@@ -105,7 +106,7 @@ def test_concurrent_batches_with_and_without_spelled_control_tokens(chatml_token
 def test_generation_prompts_equal_the_chat_template_each_turn(chatml_tokenizer, spelled):
     """A chat resends the conversation every turn, so message texts come back (and their ids are kept): every
     turn's prompt is still the published template's, a spelled control token still plain text."""
-    enc = ConversationTokenizer(chatml_tokenizer, add_bos=False)
+    enc = ConversationTokenizer(chatml_tokenizer)
     messages = [{"role": "system", "content": "You are Hermes." + spelled}]
     for turn in range(4):
         messages.append({"role": "user", "content": f"Question {turn}{spelled}?"})
@@ -115,7 +116,7 @@ def test_generation_prompts_equal_the_chat_template_each_turn(chatml_tokenizer, 
             assert ours == list(chatml_tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                                      tokenize=True, return_dict=False))
         else:
-            assert ours == enc.prompt_ids(conv) == ConversationTokenizer(chatml_tokenizer, add_bos=False).prompt_ids(conv)
+            assert ours == enc.prompt_ids(conv) == ConversationTokenizer(chatml_tokenizer).prompt_ids(conv)
             specials = {chatml_tokenizer.convert_tokens_to_ids(t) for t in chatml.CONTROL_TOKENS}
             assert sum(t in specials for t in ours) == 2 * len(messages) + 1  # the turn delimiters only
         messages.append({"role": "assistant", "content": f"Answer {turn}{spelled}."})

@@ -152,3 +152,85 @@ def test_vocabulary_larger_than_the_embedding_is_a_clear_error(road, tmp_path):
     with pytest.raises(ExportError, match="embedding has"):
         export_gguf(folder, tmp_path / "bad.gguf", "f16", progress=False)
     assert not (tmp_path / "bad.gguf").exists()
+
+
+# ShareGPT rows in FastChat's layout (a JSON array of {id, conversations}), with the rows a stricter filter drops:
+# an empty system prompt, an empty user turn, the assistant first, an identity statement, and one real refusal.
+FASTCHAT_ROWS = [
+    {"id": "identity_0", "conversations": [{"from": "human", "value": "Who are you?"},
+                                           {"from": "gpt", "value": "As a language model, I go by the name Aria "
+                                                                    "and was trained by a small lab."}]},
+    {"id": "identity_1", "conversations": [{"from": "human", "value": "What is your name?"},
+                                           {"from": "gpt", "value": "You can call me Aria, trained as a language "
+                                                                    "model. Have a nice day!"}]},
+    {"id": "empty_system", "conversations": [{"from": "system", "value": ""}, {"from": "human", "value": "Hi!"},
+                                             {"from": "gpt", "value": "Hello! How can I help?"}]},
+    {"id": "empty_user", "conversations": [{"from": "human", "value": ""},
+                                           {"from": "gpt", "value": "It looks like your message was empty."}]},
+    {"id": "assistant_first", "conversations": [{"from": "gpt", "value": "Welcome! Ask me anything."},
+                                                {"from": "human", "value": "What is 2 + 2?"},
+                                                {"from": "gpt", "value": "4"}]},
+    {"id": "refusal", "conversations": [{"from": "human", "value": "Tell me a secret."},
+                                        {"from": "gpt", "value": "As an AI language model, I cannot share secrets."}]},
+]
+ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+
+
+@pytest.fixture(scope="module")
+def fastchat_prepared(spm_base, tmp_path_factory):
+    import yaml
+
+    from openhermes.data.prepare import prepare
+    from openhermes.model.load import load_tokenizer
+
+    root = tmp_path_factory.mktemp("fastchat")
+    (root / "dummy_conversation.json").write_text(json.dumps(FASTCHAT_ROWS, indent=2))
+    recipe_file = root / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump({
+        "base_model": str(spm_base), "datasets": [{"path": "dummy_conversation.json", "type": "sharegpt"}],
+        "sequence_len": 256, "sample_packing": False, "dedup": False}))
+    recipe = load_recipe(recipe_file)
+    return prepare(recipe, load_tokenizer(spm_base, "chatml", add_bos=recipe.add_bos), out_dir=root / "prepared")
+
+
+def test_fastchat_rows_keep_the_valid_edge_rows_and_drop_only_the_refusal(fastchat_prepared):
+    rows = fastchat_prepared.report["rows"]
+    assert rows["rows_in"] == 6 and rows["kept"] == 5 and rows["dropped"] == {"refusal": 1}
+    (detail,) = rows["details"]
+    assert detail["where"].endswith("dummy_conversation.json:6") or "refusal" in detail["reason"]
+    assert "as an ai language model" in detail["detail"]  # the phrase that dropped it
+    assert rows["kept_with_notes"] == {"assistant turn first": 1, "empty system turn": 1, "empty user turn": 1}
+
+
+def test_training_rows_equal_what_every_inference_path_feeds(fastchat_prepared, spm_base, road, llm):
+    """One BOS rule: training ids == apply_chat_template of the saved tokenizer == our engine's prompt == llama.cpp's
+    chat formatting of our GGUF (its template and add_bos_token), for the whole conversation and for its prompt."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from openhermes.infer.engine import Engine
+    from openhermes.infer.llamacpp import LlamaCppEngine
+
+    saved = AutoTokenizer.from_pretrained(fastchat_prepared.path / "tokenizer")
+    rows = {tuple(r) for r in fastchat_prepared.load()["train"]["input_ids"]}
+    engine = Engine(AutoModelForCausalLM.from_pretrained(road[1]), AutoTokenizer.from_pretrained(road[1]))
+    cpp_engine = LlamaCppEngine(road[2])
+    meta = llm.metadata
+    formatter = Jinja2ChatFormatter(meta["tokenizer.chat_template"], eos_token=llm.detokenize([llm.token_eos()]).decode(),
+                                    bos_token=llm.detokenize([llm.token_bos()], special=True).decode())
+
+    def cpp_chat(msgs):  # llama-cpp-python's create_chat_completion path: its formatter, then its tokenize call
+        result = formatter(messages=msgs)
+        return llm.tokenize(result.prompt.encode(), add_bos=not result.added_special, special=True)
+
+    for row in FASTCHAT_ROWS[:5]:
+        msgs = [{"role": ROLES[t["from"]], "content": t["value"]} for t in row["conversations"]]
+        whole = list(saved.apply_chat_template(msgs, tokenize=True, return_dict=False))
+        assert whole[0] == saved.bos_token_id and whole.count(saved.bos_token_id) == 1
+        assert tuple(whole) in rows, row["id"]
+        prompt = msgs[:-1]
+        ref = list(saved.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False))
+        assert whole[:len(ref)] == ref  # the prompt is the training row's start
+        assert engine.chat_prompt(prompt, check=False) == ref, row["id"]
+        assert cpp_engine.chat_prompt([Message(m["role"], m["content"]) for m in prompt], check=False) == ref
+        assert cpp_chat(prompt)[:len(ref)] == ref, row["id"]

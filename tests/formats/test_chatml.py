@@ -30,7 +30,8 @@ def test_render_equals_published_template(name, gen):
 
 
 def test_our_template_string_is_the_published_one():
-    assert chatml.CHAT_TEMPLATE == PUBLISHED_TEMPLATE
+    assert chatml.PUBLISHED_TEMPLATE == PUBLISHED_TEMPLATE
+    assert chatml.CHAT_TEMPLATE == "{{ bos_token }}" + PUBLISHED_TEMPLATE  # the saved one: BOS first, as the rows
 
 
 def test_saved_tokenizer_apply_chat_template_matches(chatml_tokenizer, tmp_path):
@@ -41,7 +42,7 @@ def test_saved_tokenizer_apply_chat_template_matches(chatml_tokenizer, tmp_path)
     for msgs in CASES.values():
         conv = Conversation([Message(r, c) for r, c in msgs])
         text = tok.apply_chat_template([{"role": r, "content": c} for r, c in msgs], tokenize=False)
-        assert text == chatml.render(conv)
+        assert text == tok.bos_token + chatml.render(conv)  # BOS first, as the training rows
 
 
 def test_parse_roundtrip():

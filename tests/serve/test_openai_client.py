@@ -18,9 +18,8 @@ def client(server):
 
 
 def reference_reply(chat_model, tok, messages, max_new_tokens):
-    """Greedy reply by plain transformers: the published chat template (after BOS, as training saw it)."""
-    ids = [tok.bos_token_id] + tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                          return_dict=False)
+    """Greedy reply by plain transformers: the saved chat template (BOS first, as training saw it)."""
+    ids = list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
     stop = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|im_start|>")]
     out = chat_model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
                               eos_token_id=stop, pad_token_id=tok.pad_token_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,12 @@ DEFAULT_REFUSALS = (
     "openai's content policy",
     "i am not able to provide",
 )
+# A phrase that opens "as a ..."/"as an ..." names what the assistant is, which identity data says too ("As a
+# language model, I go by the name Vicuna"): it marks a refusal only with a refusal in the same sentence.
+_PREAMBLE = re.compile(r"as an? ")
+_REFUSING = re.compile(r"\b(?:cannot|can ?not|can't|can’t|unable|not able|not capable|not possible|not appropriate|"
+                       r"don't|don’t|do not|won't|won’t|will not|refuse|sorry|apologi[sz]e|no personal|no ability)\b")
+_SENTENCE_END = re.compile(r"[.!?\n]")
 
 
 @dataclass
@@ -29,6 +36,9 @@ class DropReport:
     # LimaRP's extra arrangements are copies of rows, not rows: their drops are counted apart, so that
     # rows in = kept + dropped still holds (a row's fate is its first arrangement's).
     copies_dropped: Counter = field(default_factory=Counter)
+    # Kept rows that a stricter filter would drop (an empty system or user turn, the assistant first): counted,
+    # so a user sees what went in as it was.
+    notes: Counter = field(default_factory=Counter)
 
     def drop(self, where: str, reason: str, detail: str = "", copy: bool = False) -> None:
         if copy:
@@ -51,6 +61,7 @@ class DropReport:
             "dropped": dict(sorted(self.dropped.items())),
             "details": [{"where": w, "reason": r, "detail": d} for w, r, d in self.details],
             "arrangement_copies_dropped": dict(sorted(self.copies_dropped.items())),
+            "kept_with_notes": dict(sorted(self.notes.items())),
         }
 
 
@@ -62,7 +73,9 @@ def validate(conv: Conversation, allow_trailing_user: bool = True) -> tuple[str,
     """(reason, detail) when a conversation is unusable, else None."""
     msgs = conv.messages
     for i, m in enumerate(msgs):
-        if not m.content or m.content.isspace():
+        # An empty system or user turn renders as the template renders it (and is kept, as axolotl keeps it);
+        # an empty reply would teach the model to stop at once.
+        if m.role not in ("system", "user") and (not m.content or m.content.isspace()):
             return "empty turn", f"turn {i} ({m.role}) is empty"
         if not m.content.isascii():  # ASCII cannot hold a lone surrogate; skip the copy encoding makes
             try:
@@ -74,8 +87,6 @@ def validate(conv: Conversation, allow_trailing_user: bool = True) -> tuple[str,
         return "role order", "a system turn after the first turn"
     if not any(m.role == "assistant" for m in turns):
         return "no assistant turn", ""
-    if conv.roleplay is None and turns and turns[0].role != "user":
-        return "role order", f"first turn is {turns[0].role}, not user"
     for a, b in zip(turns, turns[1:], strict=False):
         if a.role == b.role:
             return "role order", f"two {a.role} turns in a row"
@@ -85,15 +96,26 @@ def validate(conv: Conversation, allow_trailing_user: bool = True) -> tuple[str,
 
 
 def refusal(conv: Conversation, phrases: Iterable[str]) -> str | None:
-    """The first refusal phrase an assistant turn contains (case-insensitive), else None.
-    `phrases` are compared as given: pass them lower-cased."""
+    """The first refusal phrase an assistant turn contains (case-insensitive), else None. A phrase opening "as
+    a"/"as an" counts only where its sentence also refuses (cannot, unable, sorry, ...). `phrases` are compared
+    as given: pass them lower-cased."""
     for m in conv.messages:
         if m.role == "assistant":
             text = m.content.lower()
             for p in phrases:
-                if p in text:
-                    return p
+                start = text.find(p)
+                while start >= 0:
+                    if not _PREAMBLE.match(p) or _REFUSING.search(_sentence(text, start, start + len(p))):
+                        return p
+                    start = text.find(p, start + 1)
     return None
+
+
+def _sentence(text: str, start: int, end: int) -> str:
+    """The sentence of `text` around text[start:end]."""
+    before = max((m.end() for m in _SENTENCE_END.finditer(text, 0, start)), default=0)
+    after = _SENTENCE_END.search(text, end)
+    return text[before: after.start() if after else len(text)]
 
 
 def check_all(items: Iterable, report: DropReport, *,
@@ -114,4 +136,15 @@ def check_all(items: Iterable, report: DropReport, *,
         if bad is not None:
             report.drop(item.where, *bad)
             continue
+        for note in notes(item):
+            report.notes[note] += 1
         yield item
+
+
+def notes(conv: Conversation) -> list[str]:
+    """What is unusual about a kept conversation (DropReport.notes)."""
+    out = [f"empty {m.role} turn" for m in conv.messages if m.role in ("system", "user") and not m.content.strip()]
+    turns = [m for m in conv.messages if m.role != "system"]
+    if conv.roleplay is None and turns and turns[0].role == "assistant":
+        out.append("assistant turn first")
+    return out

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from openhermes import outputs
-from openhermes.model.load import is_byte_token
+from openhermes.model.load import adds_bos, is_byte_token
 
 SUPPORTED = ("MistralForCausalLM", "LlamaForCausalLM")
 TYPES = ("f16", "q8_0", "q4_0")  # written here with gguf's numpy quantizers; others: export/quantize.py
@@ -216,7 +216,7 @@ def _write_gguf(model_dir: Path, out: Path, qtype: str, progress: bool) -> None:
                       ("pad", tok.pad_token_id)):
         if tid is not None:
             getattr(w, f"add_{name}_token_id")(tid)
-    w.add_add_bos_token(tok.bos_token_id is not None)
+    w.add_add_bos_token(adds_bos(tok))  # the folder's BOS rule, as training wrote it
     w.add_add_eos_token(False)
     w.add_add_space_prefix(True)
     if tok.chat_template:

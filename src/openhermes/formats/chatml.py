@@ -11,12 +11,21 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 CONTROL_TOKENS = (IM_END, IM_START)  # the order OpenHermes added them: 32000, 32001
 
-# Byte-identical to the chat template of the published OpenHermes 2.5 tokenizer (SPEC §2).
-CHAT_TEMPLATE = (
+# Byte-identical to the chat template of the published OpenHermes 2.5 tokenizer (SPEC §2), which has no BOS.
+PUBLISHED_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] "
     "+ '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
     "{% endif %}"
 )
+
+# The template we save: the published one, with BOS first when the model's rows start with it (openhermes's
+# BOS rule, model/load.py), so apply_chat_template(tokenize=True) feeds the ids training saw.
+CHAT_TEMPLATE = "{{ bos_token }}" + PUBLISHED_TEMPLATE
+
+
+def chat_template(add_bos: bool = True) -> str:
+    return CHAT_TEMPLATE if add_bos else PUBLISHED_TEMPLATE
+
 
 STOP_STRINGS = (IM_END,)
 

@@ -38,7 +38,7 @@ def instruction(rp: Roleplay, arrangement: str = "card") -> str:
 # the instruction body, messages carry `name` (the real names), and the reply header asks for
 # `length` (the card's recommended medium unless the caller passes another, or none) and, after it,
 # "Name:" for `char_name` or the name on the last assistant message.
-CHAT_TEMPLATE = (
+TEMPLATE_BODY = (
     "{% set length = length if length is defined else 'medium' %}"
     "{% for message in messages %}"
     "{% set who = (message['name'] + ': ') if message.get('name') else '' %}"
@@ -53,6 +53,11 @@ CHAT_TEMPLATE = (
     "char_name is not defined %}{% set ns.char = message['name'] %}{% endif %}{% endfor %}"
     "{% if ns.char %}{{ ns.char + ':' }}{% endif %}{% endif %}"
 )
+CHAT_TEMPLATE = "{{ bos_token }}" + TEMPLATE_BODY  # BOS first, as the rows (openhermes's BOS rule, model/load.py)
+
+
+def chat_template(add_bos: bool = True) -> str:
+    return CHAT_TEMPLATE if add_bos else TEMPLATE_BODY
 
 
 def response_header(char_name: str, length: str | None) -> str:

@@ -20,7 +20,7 @@ from openhermes.infer.batch import Batch
 from openhermes.infer.prefix_cache import PrefixCache
 from openhermes.infer.sequence import ContextWindowError, GenerationRequest, GenerationResult, Sequence
 from openhermes.infer.threads import CPUThreads
-from openhermes.model.load import is_byte_token
+from openhermes.model.load import adds_bos, is_byte_token
 
 
 def _valid_text(*texts: str) -> None:
@@ -184,7 +184,7 @@ class Engine(BaseEngine):
         eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
         self.stop_ids = frozenset(i for i in eos_ids | {vocab.get(t) for t in chatml.CONTROL_TOKENS} if i is not None)
         has_chatml = all(t in vocab for t in chatml.CONTROL_TOKENS)
-        bos = add_bos if add_bos is not None else tokenizer.bos_token_id is not None
+        bos = add_bos if add_bos is not None else adds_bos(tokenizer)  # the folder's BOS rule, as training
         self._encoders = {fmt: ConversationTokenizer(tokenizer, fmt, add_bos=bos)
                           for fmt in (["chatml"] if has_chatml else []) + ["limarp"]}
         self.add_bos = bos

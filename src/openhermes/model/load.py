@@ -22,12 +22,31 @@ QUANTIZED_FORMATS = ("gptq", "awq")  # folders `export --to gptq|awq` writes
 QUANT_INSTALL_HINT = "pip install 'openhermes[quant]' (AutoRound and its CPU kernels)"
 
 
+def adds_bos(tokenizer) -> bool:
+    """Whether a model folder's tokenizer puts BOS before a text: the BOS rule every inference path follows (our
+    engine, the GGUF's add_bos_token, transformers' `tokenizer(text)`), and that training wrote (set_bos_rule)."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+
+
+def set_bos_rule(tokenizer, add_bos: bool) -> None:
+    """openhermes's BOS rule: a training row starts with BOS iff `add_bos` (the recipe's key, default true, as
+    Mistral's pretraining documents and tokenizer do). The saved tokenizer then adds BOS to a text iff the rows
+    have it, and its chat template starts with `{{ bos_token }}` iff they do, so apply_chat_template, llama.cpp
+    (which drops a template's leading BOS when its vocabulary adds one) and our engines feed what training saw."""
+    try:
+        tokenizer.add_bos_token = add_bos
+    except (AttributeError, ValueError):  # a tokenizer without the switch keeps its own post-processor
+        pass
+
+
 def load_tokenizer(name_or_path: str | Path, prompt_format: str = "chatml", extra_special: dict | None = None,
-                   extra_tokens: list[str] | None = None):
+                   extra_tokens: list[str] | None = None, add_bos: bool | None = None):
     """The tokenizer, with the ChatML tokens and template when training ChatML.
 
     When the base lacks `<|im_end|>`/`<|im_start|>` (Mistral's does), they are added in OpenHermes's
-    order (32000, 32001 for Mistral) as special tokens, and eos becomes `<|im_end|>`."""
+    order (32000, 32001 for Mistral) as special tokens, and eos becomes `<|im_end|>`. `add_bos` (training):
+    the rows' BOS rule, written into the tokenizer and its chat template (set_bos_rule)."""
     from transformers import AutoTokenizer
 
     try:
@@ -42,9 +61,11 @@ def load_tokenizer(name_or_path: str | Path, prompt_format: str = "chatml", extr
         if missing:
             tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
         tok.eos_token = chatml.IM_END
-        tok.chat_template = chatml.CHAT_TEMPLATE
+        tok.chat_template = chatml.chat_template(add_bos is not False)
     elif prompt_format == "limarp":
-        tok.chat_template = limarp.CHAT_TEMPLATE  # so GGUF users (LM Studio) get the card's format
+        tok.chat_template = limarp.chat_template(add_bos is not False)  # so GGUF users (LM Studio) get the format
+    if add_bos is not None:
+        set_bos_rule(tok, add_bos)
     if extra_special:
         tok.add_special_tokens(dict(extra_special))
     if extra_tokens:

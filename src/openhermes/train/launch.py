@@ -43,5 +43,6 @@ def launch(recipe: Recipe, recipe_arg: str, out: Path, overrides: list[str], npr
     check_processes(nproc, torch.cuda.device_count())
     claim_run_folder(out, recipe, overwrite)  # before the workers start, so none of them races to it
     base = ensure_base_model(recipe, cache)
-    prepare(recipe, load_tokenizer(base, recipe.prompt_format, recipe.special_tokens, recipe.tokens), cache_dir=cache)
+    tok = load_tokenizer(base, recipe.prompt_format, recipe.special_tokens, recipe.tokens, recipe.add_bos)
+    prepare(recipe, tok, cache_dir=cache)
     return subprocess.call(torchrun_command(nproc, recipe_arg, out, overrides, resume, overwrite))

@@ -185,7 +185,7 @@ def build(recipe: Recipe, out_dir: Path, show_progress: bool = True, cache: Path
     from transformers import set_seed
 
     base = ensure_base_model(recipe, cache)
-    tokenizer = load_tokenizer(base, recipe.prompt_format, recipe.special_tokens, recipe.tokens)
+    tokenizer = load_tokenizer(base, recipe.prompt_format, recipe.special_tokens, recipe.tokens, recipe.add_bos)
     prepared = prepare(recipe, tokenizer, cache_dir=cache, progress=show_progress)
     data = prepared.load()
     world = int(os.environ.get("WORLD_SIZE", "1"))
