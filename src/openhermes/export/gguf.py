@@ -15,10 +15,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from openhermes import outputs
+from openhermes.export.gguf_types import NUMPY_TYPES, QuantizeError, canonical
 from openhermes.model.load import adds_bos, is_byte_token
 
 SUPPORTED = ("MistralForCausalLM", "LlamaForCausalLM")
-TYPES = ("f16", "q8_0", "q4_0")  # written here with gguf's numpy quantizers; others: export/quantize.py
+TYPES = NUMPY_TYPES  # written here with gguf's numpy quantizers; others: export/quantize.py
 
 
 class ExportError(ValueError):
@@ -137,7 +138,7 @@ def export_gguf(model_dir: str | Path, out: str | Path, qtype: str = "f16", prog
     f16, q8_0 and q4_0 are written by our numpy writer; K-quants and the other llama.cpp types by
     llama.cpp's quantizer from an f16 file written first (export/quantize.py), which is moved to `keep_f16`
     if given (the reference of a quality check) instead of deleted; q8_0/q4_0 write one there apart."""
-    from openhermes.export.quantize import NUMPY_TYPES, QuantizeError, canonical, quantize_gguf
+    from openhermes.export.quantize import quantize_gguf
 
     try:
         qtype = canonical(qtype)

@@ -1,0 +1,75 @@
+"""The generation routes: /v1/chat/completions and /v1/completions (OpenAI's, with other servers' fields)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Request
+
+from openhermes.formats import Message
+from openhermes.formats.base import Roleplay
+from openhermes.serve.errors import APIError, prompt_errors
+from openhermes.serve.running import run
+from openhermes.serve.schemas import ChatCompletionRequest, CompletionRequest
+from openhermes.serve.shapes import Echo
+from openhermes.serve.state import ServerState, server_state
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request,
+                           state: ServerState = Depends(server_state)):
+    engine = state.engine
+    params = state.checked(body, request)
+    with prompt_errors("messages"):
+        messages = [Message("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
+        if body.roleplay is not None:
+            rp = body.roleplay
+            ids = engine.roleplay_prompt(Roleplay(rp.char_name, rp.user_name, rp.char_persona, rp.user_persona,
+                                                  rp.scenario), messages, rp.length, check=False)
+        else:
+            ids = engine.chat_prompt(messages, check=False)
+    stops = body.stop_strings()
+    if body.roleplay is not None:
+        from openhermes.formats import limarp
+
+        stops = (*stops, *limarp.STOP_STRINGS, f"\n{body.roleplay.user_name}:")
+    asked = body.max_completion_tokens or body.max_tokens
+    if asked == 0:
+        raise APIError(400, "max_tokens must be at least 1", param="max_tokens", code="invalid_value")
+    ids = state.fitted(ids, body, asked, "messages")
+    limit = asked if asked is not None else engine.context_window
+    return await run(state, request, state.choices(body, ids, params, limit, stops, body.logprobs_k()), body, "chat")
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request, state: ServerState = Depends(server_state)):
+    engine = state.engine
+    params = state.checked(body, request)
+    limit = 16 if body.max_tokens is None else body.max_tokens
+    if limit == 0 and not body.echo:
+        raise APIError(400, "max_tokens 0 generates nothing; use it with echo", param="max_tokens",
+                       code="invalid_value")
+    gens, echoes = [], []
+    for prompt in body.prompts():
+        with prompt_errors("prompt"):
+            if isinstance(prompt, str):
+                ids = engine.text_prompt(prompt, check=False)
+            elif max(prompt) >= engine.vocab_size:
+                raise ValueError(f"token id {max(prompt)} is outside the vocabulary ({engine.vocab_size})")
+            else:
+                ids = list(prompt)
+        ids = state.fitted(ids, body, limit, "prompt")
+        echo = Echo(first_token=ids[0] if ids else None)
+        if body.echo:
+            echo.text = prompt if isinstance(prompt, str) else engine.backend.decode(ids, skip_special_tokens=False)
+            if body.logprobs is not None:
+                try:
+                    echo.logprobs = await asyncio.to_thread(engine.prompt_logprobs, ids, body.logprobs)
+                except NotImplementedError as e:
+                    raise APIError(400, str(e), param="echo", code="unsupported_parameter") from None
+        for gen in state.choices(body, ids, params, limit, body.stop_strings(), body.logprobs):
+            gens.append(gen)
+            echoes.append(echo)
+    return await run(state, request, gens, body, "completion", echoes)

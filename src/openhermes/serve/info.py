@@ -1,0 +1,49 @@
+"""What the server is and how it is doing: /v1/models, /health, /metrics, /v1/presets."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from openhermes.infer.sampling import PRESETS
+from openhermes.serve.shapes import model_card
+from openhermes.serve.state import ServerState, server_state
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(state: ServerState = Depends(server_state)):
+    scheduler = state.scheduler
+    return {"status": "ok", "model": state.engine.name, "active": scheduler.active if scheduler else 0,
+            "queued": scheduler.queued if scheduler else 0}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus(state: ServerState = Depends(server_state)):
+    metrics = state.metrics
+    if state.scheduler is not None:
+        metrics.queue_depth.set(state.scheduler.queued)
+        metrics.active.set(state.scheduler.active)
+    return Response(metrics.render(), media_type=metrics.content_type)
+
+
+@router.get("/v1/models")
+async def models(request: Request, state: ServerState = Depends(server_state)):
+    state.authorize(request)
+    return {"object": "list", "data": [model_card(state.engine)]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def model(model_id: str, request: Request, state: ServerState = Depends(server_state)):
+    state.authorize(request)
+    state.check_model(model_id)
+    return model_card(state.engine)
+
+
+@router.get("/v1/presets")
+async def presets():
+    """The named sampler presets and LimaRP's length modifiers (the web page reads them from here)."""
+    from openhermes.formats import limarp
+
+    return {"presets": {name: p.as_dict() for name, p in PRESETS.items()}, "roleplay_lengths": limarp.LENGTHS}

@@ -1,0 +1,106 @@
+"""What every route of the server shares (the engine, the scheduler, the key, the metrics), and the checks every
+generation request goes through before it is run."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from openhermes.infer.engine import BaseEngine
+from openhermes.infer.sampling import PRESETS, SamplingParams, preset
+from openhermes.infer.scheduler import Scheduler
+from openhermes.infer.sequence import GenerationRequest
+from openhermes.serve.errors import APIError, prompt_errors
+from openhermes.serve.mailbox import Mailbox
+from openhermes.serve.metrics import Metrics
+
+
+@dataclass
+class ServerState:
+    engine: BaseEngine
+    api_key: str | None = None
+    stream_interval: int = 1
+    metrics: Metrics = field(default_factory=Metrics)
+    scheduler: Scheduler | None = None  # made in the app's lifespan, on its event loop
+    mailbox: Mailbox | None = None
+
+    def authorize(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                           code="invalid_api_key")
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.engine.name:
+            raise APIError(404, f"the model '{name}' does not exist; this server serves '{self.engine.name}'",
+                           param="model", code="model_not_found", kind="not_found_error")
+
+    @staticmethod
+    def sampling(body) -> SamplingParams:
+        try:
+            base = preset(body.preset) if body.preset else SamplingParams()
+            return base.with_(**body.sampler_settings())
+        except ValueError as e:
+            raise APIError(400, str(e), param="preset" if body.preset and body.preset not in PRESETS else None,
+                           code="invalid_value") from None
+
+    @staticmethod
+    def unsupported(names: list[str]) -> None:
+        if names:
+            raise APIError(400, f"not supported by this server: {', '.join(names)}", param=names[0],
+                           code="unsupported_parameter")
+
+    def checked(self, body, request: Request) -> SamplingParams:
+        """What every generation request goes through first: key, model, unsupported options, samplers."""
+        self.authorize(request)
+        self.check_model(body.model)
+        self.unsupported(body.unsupported())
+        body.log_spelling_notes()
+        return self.sampling(body)
+
+    def fitted(self, ids: list[int], body, reply: int | None, param: str) -> list[int]:
+        """BOS as `add_bos_token` asks; an over-long prompt cut to its end by `truncation_length`
+        (text-generation-webui keeps the last truncation_length - max_new_tokens tokens)."""
+        engine = self.engine
+        bos = engine.bos_id
+        if bos is not None and body.add_bos_token is False and ids[:1] == [bos]:
+            ids = ids[1:]
+        elif bos is not None and body.add_bos_token and ids[:1] != [bos]:
+            ids = [bos, *ids]
+        if body.truncation_length:
+            keep = min(body.truncation_length, engine.context_window) - (reply or 1)
+            if keep < 1:
+                raise APIError(400, f"truncation_length {body.truncation_length} leaves no room for the prompt "
+                                    f"with max_tokens {reply}", param="truncation_length", code="invalid_value")
+            if len(ids) > keep:
+                head = ids[:1] if bos is not None and ids[:1] == [bos] else []  # BOS stays first
+                ids = head + ids[len(ids) - keep + len(head):]
+        with prompt_errors(param):
+            engine._checked(ids)
+        return ids
+
+    def choices(self, body, ids: list[int], params: SamplingParams, limit: int, stops: tuple[str, ...],
+                logprobs: int | None) -> list[GenerationRequest]:
+        """The request's n choices (SillyTavern's swipes), decoded together; with a seed, choice j
+        uses seed + j, so each is reproducible and they differ."""
+        out = []
+        for j in range(body.choices()):
+            p = params if params.seed is None or j == 0 else params.with_(seed=(params.seed + j) % 2**64)
+            try:
+                grammar = self.engine.grammar(body.response_format)
+            except ValueError as e:
+                raise APIError(400, str(e), param="response_format", code="invalid_value") from None
+            out.append(GenerationRequest(ids, p, limit, stops, ignore_eos=body.ignore_eos,
+                                         min_tokens=body.min_tokens or 0, logprobs=logprobs,
+                                         skip_special_tokens=body.skip_special_tokens, constraint=grammar))
+        return out
+
+
+def server_state(request: Request) -> ServerState:
+    """The state of the app serving this request (routes take it as a dependency)."""
+    return request.app.state.openhermes
