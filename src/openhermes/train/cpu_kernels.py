@@ -1,11 +1,12 @@
-"""Pin PyTorch's CPU kernels to one instruction-set level, so that fp32 training gives the same numbers on every
-x86 CPU that has that level.
+"""Pin PyTorch's CPU kernels to one instruction-set level, so that fp32 training on a CPU with more (AVX-512) computes
+what it computes restricted to that level: repeatable runs on one kind of CPU. It does not make every CPU compute
+the same bits: on an Intel Xeon with AMX the embedded default's figures differed from an AMD EPYC's, pinned or not.
 
 fp32 alone does not make a CPU run reproducible across machines: PyTorch picks its vectorised kernels (softmax,
 norms, attention, the optimizer's element-wise steps) for the best instruction set the CPU has, and the AVX-512
 kernels round differently from the AVX2 ones. On the embedded default that moved held-out exact match by 10
 points between the same AMD EPYC restricted to AVX2 and unrestricted (benchmarks/embedded_default.py). With the
-level pinned, both runs are bit-identical, and equal to a CPU that only has AVX2.
+level pinned, both runs are bit-identical (and, between AMD EPYCs, equal to one that only has AVX2).
 
 PyTorch reads these variables once, when it first dispatches a kernel, so `pin` must run before any tensor work
 in the process: a later call can only report that it came too late.
