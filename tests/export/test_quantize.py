@@ -15,6 +15,7 @@ from openhermes.export.gguf import ExportError, export_gguf, is_openhermes_gguf 
 from openhermes.export.gguf_lora import export_lora_gguf  # noqa: E402
 from openhermes.export.quality import measure  # noqa: E402
 from openhermes.formats import chatml  # noqa: E402
+from openhermes.infer.llama_load import load_llama  # noqa: E402
 
 pytestmark = pytest.mark.slow
 K_TYPES = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ4_XS")
@@ -61,7 +62,7 @@ def test_every_k_quant_loads_and_starts_like_f16(exports):
     prompts = [chatml.render(from_sharegpt(it.record), add_generation_prompt=True) for it in items]
 
     def greedy(path, n=4):
-        llm = llama_cpp.Llama(str(path), n_ctx=256, verbose=False, seed=0)
+        llm = load_llama(path, n_ctx=256, verbose=False, seed=0)
         out = []
         for p in prompts:
             ids = llm.tokenize(p.encode(), add_bos=True, special=True)
@@ -175,7 +176,7 @@ def test_lora_gguf_on_the_base_gguf_gives_the_merged_model_logits(tiny_base, lim
     text = "### Instruction:\nAria's Persona: a knight.\n\n### Input:\nSam: Hello there, who are you?\n\n### Response:\n"
 
     def logits(path, lora=None):
-        llm = llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, lora_path=lora)
+        llm = load_llama(path, n_ctx=256, logits_all=True, verbose=False, lora_path=lora)
         ids = llm.tokenize(text.encode(), add_bos=True, special=False)
         llm.eval(ids)
         out = np.asarray(llm.scores[:len(ids)])

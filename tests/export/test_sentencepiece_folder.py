@@ -14,6 +14,7 @@ from openhermes.config import load_recipe  # noqa: E402
 from openhermes.export.gguf import ExportError, export_gguf  # noqa: E402
 from openhermes.export.merge import merge_adapter  # noqa: E402
 from openhermes.formats import Conversation, Message, chatml  # noqa: E402
+from openhermes.infer.llama_load import load_llama  # noqa: E402
 from openhermes.train.run import train  # noqa: E402
 from tests.conftest import demo_texts  # noqa: E402
 
@@ -104,7 +105,7 @@ def test_gguf_has_the_real_piece_scores_and_control_chatml_tokens(spm_base, road
 
 @pytest.fixture(scope="module")
 def llm(road):
-    return llama_cpp.Llama(str(road[2]), n_ctx=512, logits_all=True, verbose=False, seed=0)
+    return load_llama(road[2], n_ctx=512, logits_all=True, verbose=False, seed=0)
 
 
 def test_llama_cpp_tokenizes_like_sentencepiece_and_transformers(spm_base, road, llm):

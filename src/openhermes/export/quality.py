@@ -29,9 +29,9 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 def _logprobs(path: Path, chunks: list[list[int]], n_ctx: int) -> list[np.ndarray]:
     """Each chunk's next-token log-probabilities from the file, through llama.cpp (one pass per chunk)."""
-    import llama_cpp
+    from openhermes.infer.llama_load import load_llama
 
-    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=0)
+    llm = load_llama(path, n_ctx=n_ctx, logits_all=True, verbose=False, seed=0)
     out = []
     for ids in chunks:
         llm.reset()
@@ -44,9 +44,9 @@ def chunk_tokens(reference: Path, text: str, n_ctx: int = 512) -> list[list[int]
     """The text tokenized by the reference file, cut into windows of n_ctx tokens (each with BOS first,
     as llama-perplexity does). Control tokens spelled in the text (`<|im_start|>`) are read as those
     tokens, so a chat-formatted text is measured as the model sees chats."""
-    import llama_cpp
+    from openhermes.infer.llama_load import load_llama
 
-    llm = llama_cpp.Llama(str(reference), n_ctx=n_ctx, vocab_only=True, verbose=False)
+    llm = load_llama(reference, n_ctx=n_ctx, vocab_only=True, verbose=False)
     ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
     return _windows(ids, [llm.token_bos()], n_ctx)
 

@@ -26,6 +26,7 @@ import torch
 
 from openhermes.formats import Conversation, chatml, get_format
 from openhermes.infer.engine import BaseEngine
+from openhermes.infer.llama_load import load_llama
 from openhermes.infer.prefix_cache import shared_prefix
 from openhermes.infer.sequence import Sequence
 
@@ -212,7 +213,7 @@ class LlamaCppEngine(BaseEngine):
     def __init__(self, gguf_path: str | Path, *, name: str | None = None, n_ctx: int | None = None,
                  n_threads: int | None = None, lora: str | Path | None = None, parallel: int = 4):
         try:
-            from llama_cpp import Llama
+            import llama_cpp  # noqa: F401
         except ImportError:
             raise EngineUnavailable("the llama.cpp engine needs llama-cpp-python: pip install 'openhermes[llamacpp]' "
                                     "(it builds llama.cpp from source, about 5 minutes)") from None
@@ -227,7 +228,7 @@ class LlamaCppEngine(BaseEngine):
         n_threads = n_threads or len(os.sched_getaffinity(0))
         # `Llama` loads the weights, tokenizer, metadata and the LoRA GGUF (applied unmerged); its own context
         # stays small, since the sequences run in ours (Slots).
-        self.llm = Llama(model_path=str(path), n_ctx=256, n_batch=256, n_threads=n_threads, verbose=False,
+        self.llm = load_llama(path, n_ctx=256, n_batch=256, n_threads=n_threads, verbose=False,
                          lora_path=str(lora) if lora is not None else None)
         atexit.register(self.llm.close)  # freed before interpreter teardown, which its __del__ trips over
         window = n_ctx or min(self.llm._model.n_ctx_train(), 8192)
