@@ -507,8 +507,10 @@ def eval_(model: str | None = typer.Argument(None, help=MODEL_HELP),
         _fail(str(e))
     if humaneval_mode not in ("completion", "chat"):
         _fail(f"--humaneval-mode {humaneval_mode!r}: choose completion or chat")
-    if mc2 not in ("harness", "labels"):
-        _fail(f"--mc2 {mc2!r}: choose harness or labels")
+    from openhermes.eval.metrics import MC2_RULES
+
+    if mc2 not in MC2_RULES:
+        _fail(f"--mc2 {mc2!r}: choose {' or '.join(MC2_RULES)}")
     runner = _engine(model, adapter, device)
     try:
         evaluate(runner.model, runner.tokenizer, cfg, output, echo=print, overwrite=overwrite)
