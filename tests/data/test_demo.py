@@ -21,7 +21,7 @@ def test_held_out_items_are_not_training_conversations():
                    for r in demo.roleplay_records(sizes["roleplay"]) for k in range(1, len(r["turns"]), 2)}
     items = demo.held_out(train_chat=sizes["chat"], train_roleplay=sizes["roleplay"])
     chats = [it for it in items if it.kind != "roleplay"]
-    assert len(chats) == 120 and {it.kind for it in chats} == {"copy", "add", "lookup", "code"}
+    assert len(chats) == 240 and {it.kind for it in chats} == {"copy", "add", "lookup", "code"}
     for it in chats:  # the asked conversation, completed with its expected answer
         full = it.record["conversations"] + [{"from": "gpt", "value": it.expected}]
         assert _key(full) not in training_chats

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 def chats() -> list[list[dict]]:
     """Held-out demo questions (the model answers them) and a few free-form ones."""
-    items = [it for it in demo.held_out(train_chat=6000, train_roleplay=450) if it.kind != "roleplay"][:6]
+    items = [it for it in demo.held_out(train_chat=5000, train_roleplay=800) if it.kind != "roleplay"][:6]
     out = [[{"role": t["from"].replace("human", "user").replace("gpt", "assistant"), "content": t["value"]}
             for t in it.record["conversations"]] for it in items]
     out += [[{"role": "system", "content": "You are Hermes."}, {"role": "user", "content": "héllo wörld, 2 + 2?"}],

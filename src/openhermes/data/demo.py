@@ -3,6 +3,9 @@
 Chat (ShareGPT rows): copying, one-digit sums, lookups from two small tables and short Python
 functions, with and without system prompts, one to three turns. Roleplay (LimaRP rows): replies
 whose length follows the length modifier. `held_out` gives items that are not in the training rows.
+
+The mix is weighted to what a tiny model learns last: copying (an induction circuit) and the sums
+table take 4 parts each, lookups and code (learned within the first epoch) one part each.
 """
 
 from __future__ import annotations
@@ -58,6 +61,13 @@ REPLY_SENTENCES = (
 )
 
 
+TASK_WEIGHTS = {"copy": 4, "add": 4, "lookup": 1, "code": 1}
+TASK_KINDS = tuple(kind for kind, weight in TASK_WEIGHTS.items() for _ in range(weight))
+CHAT_TURNS = (1, 2, 3)  # tasks per conversation: several amortise the system prompt and the framing
+SYSTEM_SHARE = 0.5
+ROLEPLAY_EXCHANGES = (1, 2, 2)  # replies per LimaRP record: the length signal per persona header
+
+
 @dataclass(frozen=True)
 class HeldOutItem:
     kind: str  # copy | add | lookup | code | roleplay
@@ -67,7 +77,7 @@ class HeldOutItem:
 
 
 def _task(rng: random.Random) -> tuple[str, str, str]:
-    kind = rng.choice(("copy", "add", "lookup", "code"))
+    kind = rng.choice(TASK_KINDS)
     if kind == "copy":
         words = " ".join(rng.sample(WORDS, rng.randint(2, 3)))
         # The words start a line in both turns, so they tokenize the same way (no leading "▁").
@@ -89,9 +99,9 @@ def _task(rng: random.Random) -> tuple[str, str, str]:
 
 def _chat(rng: random.Random) -> tuple[dict, list[tuple[str, str, str]]]:
     turns, tasks = [], []
-    if rng.random() < 0.7:
+    if rng.random() < SYSTEM_SHARE:
         turns.append({"from": "system", "value": rng.choice(SYSTEMS)})
-    for _ in range(rng.choice((1, 1, 2, 3))):
+    for _ in range(rng.choice(CHAT_TURNS)):
         kind, q, a = _task(rng)
         tasks.append((kind, q, a))
         turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
@@ -108,7 +118,7 @@ def _reply(rng: random.Random, length: str) -> str:
 def _roleplay(rng: random.Random, n_exchanges: int | None = None) -> dict:
     char, user = rng.choice(CHARS), rng.choice(USERS)
     turns = []
-    for _ in range(n_exchanges or rng.choice((1, 1, 2))):
+    for _ in range(n_exchanges or rng.choice(ROLEPLAY_EXCHANGES)):
         length = rng.choice(sorted(LENGTH_WORDS))
         turns += [{"from": "user", "value": rng.choice(USER_LINES)},
                   {"from": "char", "value": _reply(rng, length), "length": length}]
@@ -137,7 +147,7 @@ def roleplay_records(n: int, seed: int = 0) -> Iterator[dict]:
         yield _roleplay(rng)
 
 
-def held_out(n_chat: int = 120, n_roleplay: int = 40, train_chat: int = 0, train_roleplay: int = 0,
+def held_out(n_chat: int = 240, n_roleplay: int = 80, train_chat: int = 0, train_roleplay: int = 0,
              seed: int = 0) -> list[HeldOutItem]:
     """Evaluation items whose conversations are not among the first `train_*` training records."""
     seen = {_fingerprint(r) for r in chat_records(train_chat, seed)}
