@@ -93,3 +93,25 @@ def pytest_terminal_summary(terminalreporter):
 
     if CASES:
         terminalreporter.write_line("fuzz cases generated: " + ", ".join(f"{k} {v}" for k, v in sorted(CASES.items())))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A factory: a tmpfs of the given size, mounted for this test (needs root; skips otherwise)."""
+    import subprocess
+
+    mounts = []
+
+    def make(size: str) -> Path:
+        point = tmp_path / f"disk{len(mounts)}"
+        point.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip() or 'mount failed'})")
+        mounts.append(point)
+        return point
+
+    yield make
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)

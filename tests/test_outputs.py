@@ -111,6 +111,38 @@ def test_a_kill_mid_write_leaves_the_old_result_complete(tmp_path):
     assert (out / "a.txt").read_text() == "next"
 
 
+KILLED_FILE_WRITER = """
+import sys, time
+from pathlib import Path
+from openhermes import outputs
+def fill(tmp):  # as a GGUF export to a llama.cpp type does: an f16 file beside the partial one
+    tmp.write_bytes(b"GGUF partial")
+    tmp.with_name(tmp.name + ".f16").write_bytes(b"GGUF f16")
+    Path(sys.argv[2]).write_text("writing")
+    time.sleep(60)
+outputs.write_file(sys.argv[1], fill, lambda p: p.read_bytes().startswith(b"GGUF"), "GGUF file")
+"""
+
+
+def test_a_killed_file_write_leaves_the_old_file_and_the_rerun_clears_its_leftovers(tmp_path):
+    target = tmp_path / "model.gguf"
+    outputs.write_file(target, lambda t: t.write_bytes(b"GGUF old"), lambda p: True, "GGUF file")
+    started = tmp_path / "started"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_FILE_WRITER, str(target), str(started)])
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert started.exists(), "the writer never started"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert target.read_bytes() == b"GGUF old"
+    assert len([p for p in tmp_path.iterdir() if outputs.STAGING_TAG in p.name]) == 2  # partial + its f16
+    (tmp_path / ".other.gguf.openhermes-partial-x").write_bytes(b"")  # another target's: not this run's to clear
+    outputs.write_file(target, lambda t: t.write_bytes(b"GGUF new"), lambda p: True, "GGUF file")
+    assert target.read_bytes() == b"GGUF new"
+    assert [p.name for p in tmp_path.iterdir() if outputs.STAGING_TAG in p.name] == [".other.gguf.openhermes-partial-x"]
+
+
 def test_files_are_refused_unless_ours(tmp_path):
     target = tmp_path / "results.json"
     target.write_text("my own notes")

@@ -296,7 +296,8 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
           parallel: int = typer.Option(4, min=1, help=PARALLEL_HELP),
           ctx_size: int | None = typer.Option(None, min=16, help=CTX_HELP),
           threads: int | None = typer.Option(None, min=1, help=THREADS_HELP),
-          max_queue: int = typer.Option(64, help="Requests allowed to wait; beyond that the server answers 503."),
+          max_queue: int = typer.Option(64, help="Requests allowed to wait for a place in the batch (beyond the "
+                                        "--max-batch-size decoding); beyond that the server answers 503."),
           device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
           engine: str = typer.Option("torch", help=ENGINE_HELP),
           prefix_cache_mb: float = typer.Option(1024, help="Memory for the KV of recent prompts and replies, so a "
@@ -309,7 +310,13 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
                                                     "side (torch engine on a CPU; prefills use every core), as vLLM's "
                                                     "VLLM_CPU_NUM_OF_RESERVED_CPU: a step's threads wait for each "
                                                     "other, so one the server preempts stalls them all. Default: 1 "
-                                                    "on 4 or more cores, 0 (every core) on fewer.")) -> None:
+                                                    "on 4 or more cores, 0 (every core) on fewer."),
+          max_body_mb: float = typer.Option(4, min=0.01, help="Largest request body in MB; a larger one is answered "
+                                            "413 before it is read (a prompt that cannot fit the context window "
+                                            "is refused before it is tokenized, whatever its size)."),
+          stall_seconds: float = typer.Option(120, min=1, help="/health answers 503 when the scheduler has had work "
+                                              "and made no decode step for this long, and the log gets its stack "
+                                              "(a long prefill on a slow CPU counts as one step).")) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models) and a web chat at /."""
     import uvicorn
 
@@ -321,7 +328,8 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
     console.print(f"serving {runner.name} on http://{host}:{port}/ (API at /v1, metrics at /metrics)")
     batch = max_batch_size if engine == "torch" else runner.max_batch_size
     uvicorn.run(create_app(runner, api_key=api_key, max_batch_size=batch, max_queue=max_queue,
-                           stream_interval=stream_interval, reserved_cores=reserved_cores),
+                           stream_interval=stream_interval, reserved_cores=reserved_cores, max_body_mb=max_body_mb,
+                           stall_seconds=stall_seconds),
                 host=host, port=port, log_level="warning")
 
 

@@ -12,6 +12,7 @@ that openhermes did not write is refused unless `--overwrite`.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import shutil
@@ -172,6 +173,33 @@ def install_folder(staging: Path, target: Path, kind: str) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def folder_size(path: Path) -> int:
+    if not path.exists():
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def no_space_error(e: BaseException, target: Path, written: int) -> OutputError | None:
+    """A full disk as one line naming the folder and the space (None for another error). Not every writer
+    says ENOSPC: safetensors' Rust writer says "os error 28", and numpy's tofile (under gguf's writer) only
+    "N requested and M written", with no errno: then the free space tells."""
+    free = shutil.disk_usage(target.parent).free
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC or "os error 28" in str(e):
+        pass
+    elif not (isinstance(e, OSError) and e.errno is None and free < 2**20 and "written" in str(e)):
+        return None
+    disk = shutil.disk_usage(target.parent)
+    return OutputError(f"no space left on the device of {target.parent} ({_human(disk.total)} in all, "
+                       f"{_human(disk.free)} free): {target.name} needs more than the {_human(written)} written before "
+                       "it filled; nothing was left behind. Free some space or give another --out")
+
+
+def _human(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.0f} KB"
+
+
 def write_folder(target: str | Path, kind: str, fill: Callable[[Path], None], overwrite: bool = False) -> Path:
     """Write a whole output folder: `fill(staging)` writes the files, then they move into place."""
     target = Path(target)
@@ -180,8 +208,12 @@ def write_folder(target: str | Path, kind: str, fill: Callable[[Path], None], ov
     try:
         fill(staging)
         install_folder(staging, target, kind)
-    except BaseException:
+    except BaseException as e:
+        written = folder_size(staging) if isinstance(e, Exception) else 0
         shutil.rmtree(staging, ignore_errors=True)
+        full = no_space_error(e, target, written)
+        if full is not None:
+            raise full from None
         raise
     return target
 
@@ -201,6 +233,7 @@ def write_file(target: str | Path, fill: Callable[[Path], None], is_ours: Callab
     target = Path(target)
     check_file(target, is_ours, what, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_staging(target)  # what a killed earlier run left (its partial file, a quantizer's f16)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}{STAGING_TAG}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -208,8 +241,12 @@ def write_file(target: str | Path, fill: Callable[[Path], None], is_ours: Callab
         fill(tmp)
         os.chmod(tmp, 0o644 & ~_umask())
         os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        written = sum(p.stat().st_size for p in target.parent.glob(f"{tmp.name}*")) if isinstance(e, Exception) else 0
+        _clean_stale_staging(target)  # the partial file and what fill put beside it
+        full = no_space_error(e, target, written)
+        if full is not None:
+            raise full from None
         raise
     return target
 

@@ -12,7 +12,8 @@ def test_generate_answers_good_lines_and_reports_bad_ones(tmp_path, chat_model_d
              json.dumps({"prompt": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "max_tokens": 6}),
              json.dumps({"messages": [{"role": "user", "content": "Hi"}], "temperature": -1}),
              json.dumps({"messages": [{"role": "user", "content": "Yo"}], "temperature": 0.8, "seed": 3,
-                         "max_tokens": 5})]
+                         "max_tokens": 5}),
+             json.dumps({"messages": [{"role": "wizard", "content": "Hi"}]})]
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.jsonl"
@@ -21,8 +22,9 @@ def test_generate_answers_good_lines_and_reports_bad_ones(tmp_path, chat_model_d
                           env=os.environ | {"CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [r.get("id", r.get("line")) for r in rows] == ["a", 2, 3, 4, 5]
+    assert [r.get("id", r.get("line")) for r in rows] == ["a", 2, 3, 4, 5, 6]
     assert "in.jsonl:2" in rows[1]["error"] and "temperature" in rows[3]["error"]
+    assert "'wizard'" in rows[5]["error"] and "text" not in rows[5]
     assert "in.jsonl:2" in proc.stderr and "in.jsonl:4" in proc.stderr
     # line 1 through the CLI equals the engine in this process (greedy is the default preset)
     from openhermes.infer.sampling import PRESETS

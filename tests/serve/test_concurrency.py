@@ -75,3 +75,34 @@ def test_full_queue_answers_503(narrow_server):
                 r = httpx.post(url, json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
                 assert r.status_code == 503, r.text
                 assert r.json()["error"]["code"] == "queue_full"
+
+
+def test_max_queue_counts_the_requests_beyond_the_batch(long_context_dir):
+    """--max-batch-size 4 --max-queue 2: of 10 long requests sent at once, 4 decode, 2 wait, 4 are refused,
+    however many arrived before the scheduler's next step."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.serve.conftest import Server
+
+    s = Server(long_context_dir, "--max-batch-size", "4", "--max-queue", "2")
+    release = __import__("threading").Event()
+
+    def one(_):
+        with httpx.stream("POST", s.url + "/v1/chat/completions", json=LONG, timeout=60) as r:
+            release.wait(60)
+            return r.status_code
+
+    try:
+        with ThreadPoolExecutor(10) as pool:
+            futures = [pool.submit(one, i) for i in range(10)]
+            deadline = time.time() + 30
+            while time.time() < deadline and sum(f.done() for f in futures) < 4:
+                time.sleep(0.05)  # the refused ones come back at once
+            time.sleep(0.5)
+            health = s.health()
+            release.set()
+            codes = sorted(f.result() for f in futures)
+        assert codes == [200] * 6 + [503] * 4, (codes, health)
+        assert health["active"] + health["queued"] == 6, health
+    finally:
+        s.stop()

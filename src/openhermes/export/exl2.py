@@ -40,7 +40,8 @@ def export_exl2(model_dir: str | Path, out: str | Path, texts: list[str], *, bit
     outputs.check_folder(target, "quantized-model", overwrite)
 
     def fill(tmp: Path) -> None:
-        with tempfile.TemporaryDirectory(dir=tmp.parent) as scratch:
+        # named as staging: a killed run's scratch is cleared by the next run's
+        with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f"{tmp.name}-scratch-") as scratch:
             calibration = Path(scratch) / "calibration.parquet"
             pq.write_table(pa.table({"text": texts}), calibration)
             work = Path(scratch) / "work"

@@ -81,7 +81,8 @@ def export_weight_only(model_dir: str | Path, out: str | Path, fmt: str, windows
     name = source.parent.name if source.name == "model" else source.name  # runs/NAME/model -> NAME
 
     def fill(tmp: Path) -> None:
-        with tempfile.TemporaryDirectory(dir=tmp.parent) as scratch:
+        # named as staging: a killed run's scratch is cleared by the next run's
+        with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f"{tmp.name}-scratch-") as scratch:
             quantizer.quantize_and_save(scratch, format=FORMATS[fmt])
             written = [p.parent for p in Path(scratch).rglob("config.json")]
             if len(written) != 1:

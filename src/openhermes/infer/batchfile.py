@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from openhermes.formats.base import ROLES
 from openhermes.infer.engine import BaseEngine
 from openhermes.infer.sampling import Sampler, SamplingParams
 from openhermes.infer.sequence import GenerationRequest
@@ -42,6 +43,11 @@ def request_from_line(engine: BaseEngine, row: object, base: SamplingParams, max
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                 for m in msgs):
             raise ValueError('"messages" must be a non-empty list of {"role": str, "content": str}')
+        unknown_roles = sorted({m["role"] for m in msgs} - {*ROLES, "developer"})
+        if unknown_roles:  # the server's rule: ChatML would render any name, and the model has seen three
+            raise ValueError(f"unknown role(s) {', '.join(map(repr, unknown_roles))}: use system, developer, user "
+                             "or assistant")
+        msgs = [m | {"role": "system"} if m["role"] == "developer" else m for m in msgs]
         prompt = engine.chat_prompt(msgs)
     else:
         if not isinstance(row["prompt"], str):

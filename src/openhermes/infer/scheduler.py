@@ -10,8 +10,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 
 import torch
@@ -39,6 +41,8 @@ class Scheduler:
         self.batch = engine.new_batch()
         self.cond = threading.Condition()
         self.stopped = False
+        self.joining = 0  # taken from the queue, being prefilled into the batch (in neither)
+        self.progress_at = time.monotonic()  # the last step, or when work arrived at an idle scheduler
         self.thread = threading.Thread(target=self._run, name="openhermes-scheduler", daemon=True)
         self.thread.start()
 
@@ -50,13 +54,29 @@ class Scheduler:
     def active(self) -> int:
         return len(self.batch)
 
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive() and not self.stopped
+
+    def stalled_for(self) -> float:
+        """Seconds the scheduler has had work without making a step (0 when it has none)."""
+        if not self.waiting and not len(self.batch):
+            return 0.0
+        return time.monotonic() - self.progress_at
+
     def submit(self, request: GenerationRequest, on_delta: Callable[[str], None],
                on_done: Callable[[GenerationResult], None], on_error: Callable[[str], None]) -> Sequence:
         """Queue a request; callbacks run on the worker thread. Raises ContextWindowError, ValueError, QueueFull."""
         seq = self.engine.sequence(request, on_delta=on_delta, on_done=on_done, on_error=on_error)
         with self.cond:
-            if len(self.waiting) >= self.max_queue:
-                raise QueueFull(f"the server is busy: {len(self.waiting)} requests are already waiting")
+            # max_queue counts requests waiting for a place in the batch: those that will join it at the next
+            # step (free places) are not waiting, however fast they arrived
+            free = max(0, self.max_batch_size - len(self.batch) - self.joining)
+            if len(self.waiting) >= self.max_queue + free:
+                raise QueueFull(f"the server is busy: {len(self.waiting) - free} requests are already waiting "
+                                f"for the {self.max_batch_size} places in the batch")
+            if not self.waiting and not len(self.batch):
+                self.progress_at = time.monotonic()
             self.waiting.append(seq)
             self.cond.notify()
         return seq
@@ -86,18 +106,52 @@ class Scheduler:
                     return
                 joining = [self.waiting.popleft()
                            for _ in range(min(len(self.waiting), self.max_batch_size - len(self.batch)))]
+                self.joining = len(joining)
             try:
                 if joining:
                     with self.threads.prefilling() if self.threads is not None else contextlib.nullcontext():
                         self.batch.add_many(joining)
+                with self.cond:
+                    self.joining = 0
                 rows = len(self.batch)
                 self.batch.step()
+                self.progress_at = time.monotonic()
                 if self.on_step is not None and rows:
                     self.on_step(rows)
             except Exception as e:  # a model failure must not kill the worker: fail its requests instead
                 log.exception("generation failed")
+                with self.cond:
+                    self.joining = 0
                 for seq in [*joining, *self.batch.rows]:
                     if not seq.done:
                         seq.fail(f"generation failed: {type(e).__name__}: {e}")
                 self.batch = self.engine.new_batch()
                 time.sleep(0.01)
+
+
+class Watchdog:
+    """Logs the scheduler thread's stack when it has had work and made no step for `stall_seconds`, once per
+    stall: the evidence of where it hangs (a /health 503 says that it does)."""
+
+    def __init__(self, scheduler: Scheduler, stall_seconds: float):
+        self.scheduler, self.stall_seconds = scheduler, stall_seconds
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="openhermes-watchdog", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        reported = False
+        while not self.done.wait(min(5.0, self.stall_seconds / 4)):
+            stalled = self.scheduler.stalled_for()
+            if stalled < self.stall_seconds:
+                reported = False
+            elif not reported:
+                reported = True
+                frame = sys._current_frames().get(self.scheduler.thread.ident)
+                stack = "".join(traceback.format_stack(frame)) if frame is not None else "(the thread has ended)\n"
+                log.error("the scheduler has made no step for %.0f s with %d active and %d waiting; its stack:\n%s",
+                          stalled, self.scheduler.active, self.scheduler.queued, stack)

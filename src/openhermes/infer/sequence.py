@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from openhermes.infer.sampling import Sampler, SamplingParams
+from openhermes.infer.structured import StructuredOutputError
 
 
 class ContextWindowError(ValueError):
@@ -116,7 +117,11 @@ class Sequence:
         """Choose the next token from this step's logits (V,) and take it."""
         banned = self.banned if len(self.generated) < self.request.min_tokens else None
         mask = self.constraint.mask if self.constraint is not None else None
-        token = self.sampler(self.ids, logits, banned, mask)
+        try:
+            token = self.sampler(self.ids, logits, banned, mask)
+        except StructuredOutputError as e:  # this reply's grammar is at a dead end: it fails, the batch goes on
+            self.fail(str(e))
+            return
         if self.logprobs is not None:
             logp = torch.log_softmax(logits.float(), -1)
             k = self.request.logprobs
@@ -124,7 +129,11 @@ class Sequence:
             pairs = tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else ()
             self.logprobs.append(TokenLogprob(token, float(logp[token]), pairs))
         if self.constraint is not None:
-            self.constraint.accept(token)
+            try:
+                self.constraint.accept(token)
+            except StructuredOutputError as e:
+                self.fail(str(e))
+                return
         self.push(token)
 
     def push(self, token: int) -> None:

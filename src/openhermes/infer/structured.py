@@ -75,12 +75,19 @@ class Grammar:
     def mask(self, scores: torch.Tensor) -> torch.Tensor:
         """scores (V,) with every token the grammar does not allow next set to -inf."""
         self._llt.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
+        if self.matcher.is_error() or not bool(self.bitmask.any()):
+            # e.g. a schema with no finite instance ({"$ref": "#"}): no token can go on, and a draw from
+            # nothing would end the reply as a "stop" with invalid JSON
+            why = self.matcher.get_error() if self.matcher.is_error() else "the schema allows no next token"
+            raise StructuredOutputError(f"response_format: the reply cannot go on: {why}")
         out = scores.float().clone()
         self._llt.apply_token_bitmask_inplace(out, self.bitmask[0])
         return out
 
     def accept(self, token: int) -> None:
         self.matcher.consume_token(token)
+        if self.matcher.is_error():
+            raise StructuredOutputError(f"response_format: {self.matcher.get_error()}")
 
 
 def make_grammar(response_format: dict | None, hf_tokenizer, vocab_size: int) -> Grammar | None:

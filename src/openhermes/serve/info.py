@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from openhermes.infer.sampling import PRESETS
 from openhermes.serve.shapes import model_card
@@ -14,9 +14,18 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(state: ServerState = Depends(server_state)):
+    """200 while the scheduler runs; 503 when it has stopped, or has had work and made no step for
+    `serve --stall-seconds` (a load balancer or supervisor can then restart the server)."""
     scheduler = state.scheduler
-    return {"status": "ok", "model": state.engine.name, "active": scheduler.active if scheduler else 0,
+    body = {"status": "ok", "model": state.engine.name, "active": scheduler.active if scheduler else 0,
             "queued": scheduler.queued if scheduler else 0}
+    if scheduler is None or not scheduler.alive:
+        return JSONResponse(body | {"status": "error", "reason": "the scheduler is not running"}, status_code=503)
+    stalled = scheduler.stalled_for()
+    if stalled > state.stall_seconds:
+        return JSONResponse(body | {"status": "stalled", "reason": f"no decode step for {stalled:.0f} s with work "
+                                                                     "waiting"}, status_code=503)
+    return body
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -89,6 +89,8 @@ async def run(state: ServerState, request: Request, gens: list[GenerationRequest
                 if what == "delta" and first:
                     metrics.ttft.observe(time.perf_counter() - started)
                     first = False
+                if what == "error" and value.startswith("response_format"):  # the client's schema, at a dead end
+                    raise APIError(400, value, param="response_format", code="invalid_value")
                 if what == "error":
                     raise APIError(500, value, kind="server_error")
                 if what == "done":

@@ -3,7 +3,10 @@ generation request goes through before it is run."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -22,9 +25,14 @@ class ServerState:
     engine: BaseEngine
     api_key: str | None = None
     stream_interval: int = 1
+    stall_seconds: float = 120  # /health is 503 when the scheduler has work and made no step for this long
     metrics: Metrics = field(default_factory=Metrics)
     scheduler: Scheduler | None = None  # made in the app's lifespan, on its event loop
     mailbox: Mailbox | None = None
+    # Prompts are rendered and tokenized here, off the event loop: a long one (tokenizers releases the GIL
+    # while it encodes) then delays only its own request. Two workers: many long prompts wait for each other.
+    prompt_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="openhermes-prompt"))
 
     def authorize(self, request: Request) -> None:
         if self.api_key is None:
@@ -61,7 +69,30 @@ class ServerState:
         self.check_model(body.model)
         self.unsupported(body.unsupported())
         body.log_spelling_notes()
+        outside = [t for t, _ in body.logit_bias or () if not 0 <= t < self.engine.vocab_size]
+        if outside:
+            raise APIError(400, f"logit_bias: token id {outside[0]} is outside the vocabulary (0 to "
+                                f"{self.engine.vocab_size - 1})", param="logit_bias", code="invalid_value")
         return self.sampling(body)
+
+    def check_text_size(self, texts: Iterable[str], body, param: str) -> None:
+        """Refuse, before tokenizing, a prompt whose text is longer than the context window could hold at the
+        tokenizer's longest token: it cannot fit, and tokenizing megabytes would only cost time. A request
+        that asks to cut its prompt (truncation_length) is tokenized (off the loop) and cut instead."""
+        if body.truncation_length:
+            return
+        engine = self.engine
+        limit = engine.context_window * engine.max_token_bytes
+        size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+        if size > limit:
+            raise APIError(400, f"the prompt is {size} bytes of text: more than this model's context window of "
+                                f"{engine.context_window} tokens can hold (its tokens are at most "
+                                f"{engine.max_token_bytes} bytes, so at most {limit} bytes); it was not tokenized",
+                           param=param, code="context_length_exceeded")
+
+    async def off_loop(self, fn: Callable, *args):
+        """fn(*args) on the prompt workers (tokenizing, rendering, compiling a grammar)."""
+        return await asyncio.get_running_loop().run_in_executor(self.prompt_pool, fn, *args)
 
     def fitted(self, ids: list[int], body, reply: int | None, param: str) -> list[int]:
         """BOS as `add_bos_token` asks; an over-long prompt cut to its end by `truncation_length`

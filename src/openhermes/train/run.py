@@ -243,7 +243,15 @@ def save_final(trainer: Trainer, tokenizer, out_dir: Path, is_adapter: bool, ove
     if trainer.args.should_save:
         shutil.rmtree(staging, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(staging))  # collective under FSDP/ZeRO-3: every rank calls it
+    try:
+        trainer.save_model(str(staging))  # collective under FSDP/ZeRO-3: every rank calls it
+    except Exception as e:
+        written = outputs.folder_size(staging)
+        shutil.rmtree(out_dir / ".staging", ignore_errors=True)
+        full = outputs.no_space_error(e, target, written)
+        if full is not None:
+            raise full from None
+        raise
 
     def fill(tmp: Path) -> None:
         for entry in staging.iterdir():
