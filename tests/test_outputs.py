@@ -92,17 +92,22 @@ outputs.write_folder(sys.argv[1], "prepared-data", fill)
 """
 
 
-def test_a_kill_mid_write_leaves_the_old_result_complete(tmp_path):
-    out = tmp_path / "set"
-    outputs.write_folder(out, "prepared-data", fill_with({"a.txt": "old", "b.txt": "old"}))
+def kill_mid_write(script: str, target: Path, tmp_path: Path) -> None:
+    """Run a writer script in its own process and SIGKILL it once it says it is writing."""
     started = tmp_path / "started"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(out), str(started)])
+    proc = subprocess.Popen([sys.executable, "-c", script, str(target), str(started)])
     deadline = time.time() + 60
     while not started.exists() and time.time() < deadline:
         time.sleep(0.05)
     assert started.exists(), "the writer never started"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def test_a_kill_mid_write_leaves_the_old_result_complete(tmp_path):
+    out = tmp_path / "set"
+    outputs.write_folder(out, "prepared-data", fill_with({"a.txt": "old", "b.txt": "old"}))
+    kill_mid_write(KILLED_WRITER, out, tmp_path)
     assert (out / "a.txt").read_text() == "old" and (out / "b.txt").read_text() == "old"
     leftovers = [p.name for p in tmp_path.iterdir() if outputs.STAGING_TAG in p.name]
     assert leftovers, "the killed writer's staging folder should be where it was cut off"
@@ -127,14 +132,7 @@ outputs.write_file(sys.argv[1], fill, lambda p: p.read_bytes().startswith(b"GGUF
 def test_a_killed_file_write_leaves_the_old_file_and_the_rerun_clears_its_leftovers(tmp_path):
     target = tmp_path / "model.gguf"
     outputs.write_file(target, lambda t: t.write_bytes(b"GGUF old"), lambda p: True, "GGUF file")
-    started = tmp_path / "started"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_FILE_WRITER, str(target), str(started)])
-    deadline = time.time() + 60
-    while not started.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    assert started.exists(), "the writer never started"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_mid_write(KILLED_FILE_WRITER, target, tmp_path)
     assert target.read_bytes() == b"GGUF old"
     assert len([p for p in tmp_path.iterdir() if outputs.STAGING_TAG in p.name]) == 2  # partial + its f16
     (tmp_path / ".other.gguf.openhermes-partial-x").write_bytes(b"")  # another target's: not this run's to clear
