@@ -42,7 +42,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> Tokenizer:
     n_merges_room = vocab_size - len(SPECIALS) - len(BYTE_TOKENS)
     trainer = trainers.BpeTrainer(vocab_size=n_merges_room, min_frequency=2, show_progress=False,
                                   special_tokens=[], limit_alphabet=200)
-    trainer_tok.train_from_iterator(texts, trainer)
+    from tqdm.auto import tqdm
+
+    # the texts are read as the trainer pulls them: over the card's million rows that is minutes, so it shows
+    trainer_tok.train_from_iterator(tqdm(texts, desc="train tokenizer", unit=" texts", mininterval=1), trainer)
     learned = trainer_tok.model
     state = __import__("json").loads(trainer_tok.to_str())["model"]
     vocab = {t: i for i, t in enumerate(SPECIALS + BYTE_TOKENS)}
