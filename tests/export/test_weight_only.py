@@ -56,7 +56,7 @@ def test_folder_is_the_format_and_loads_in_transformers(exported, fmt):
     assert not isinstance(layer, torch.nn.Linear), type(layer)  # packed 4-bit weights, not dequantized floats
     full = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    ids = tok("<|im_start|>user\nRepeat exactly: \"desert stone\"<|im_end|>\n<|im_start|>assistant\n",
+    ids = tok("<|im_start|>user\nRepeat exactly: desert stone<|im_end|>\n<|im_start|>assistant\n",
               return_tensors="pt")["input_ids"]
     with torch.inference_mode():
         a, b = quantized(ids).logits, full(ids).logits
