@@ -25,14 +25,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     with prompt_errors("messages"):
         messages = [Message("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
         rp = body.roleplay
-        state.check_text_size([m.content for m in messages] + (
+        size = state.check_text_size([m.content for m in messages] + (
             [rp.char_name, rp.user_name, rp.char_persona, rp.user_persona, rp.scenario] if rp else []), body, "messages")
         if rp is not None:
-            ids = await state.off_loop(lambda: engine.roleplay_prompt(
+            ids = await state.tokenized(size, lambda: engine.roleplay_prompt(
                 Roleplay(rp.char_name, rp.user_name, rp.char_persona, rp.user_persona, rp.scenario), messages,
                 rp.length, check=False))
         else:
-            ids = await state.off_loop(lambda: engine.chat_prompt(messages, check=False))
+            ids = await state.tokenized(size, lambda: engine.chat_prompt(messages, check=False))
     stops = body.stop_strings()
     if body.roleplay is not None:
         from openhermes.formats import limarp
@@ -43,7 +43,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
         raise APIError(400, "max_tokens must be at least 1", param="max_tokens", code="invalid_value")
     ids = state.fitted(ids, body, asked, "messages")
     limit = asked if asked is not None else engine.context_window
-    gens = await state.off_loop(state.choices, body, ids, params, limit, stops, body.logprobs_k())
+    gens = await state.request_choices(body, ids, params, limit, stops, body.logprobs_k())
     return await run(state, request, gens, body, "chat")
 
 
@@ -59,8 +59,8 @@ async def completions(body: CompletionRequest, request: Request, state: ServerSt
     for prompt in body.prompts():
         with prompt_errors("prompt"):
             if isinstance(prompt, str):
-                state.check_text_size([prompt], body, "prompt")
-                ids = await state.off_loop(lambda p=prompt: engine.text_prompt(p, check=False))
+                size = state.check_text_size([prompt], body, "prompt")
+                ids = await state.tokenized(size, lambda p=prompt: engine.text_prompt(p, check=False))
             elif max(prompt) >= engine.vocab_size:
                 raise ValueError(f"token id {max(prompt)} is outside the vocabulary ({engine.vocab_size})")
             else:
@@ -74,7 +74,7 @@ async def completions(body: CompletionRequest, request: Request, state: ServerSt
                     echo.logprobs = await asyncio.to_thread(engine.prompt_logprobs, ids, body.logprobs)
                 except NotImplementedError as e:
                     raise APIError(400, str(e), param="echo", code="unsupported_parameter") from None
-        for gen in await state.off_loop(state.choices, body, ids, params, limit, body.stop_strings(), body.logprobs):
+        for gen in await state.request_choices(body, ids, params, limit, body.stop_strings(), body.logprobs):
             gens.append(gen)
             echoes.append(echo)
     return await run(state, request, gens, body, "completion", echoes)

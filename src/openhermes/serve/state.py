@@ -19,6 +19,8 @@ from openhermes.serve.errors import APIError, prompt_errors
 from openhermes.serve.mailbox import Mailbox
 from openhermes.serve.metrics import Metrics
 
+INLINE_PROMPT_BYTES = 64 * 1024
+
 
 @dataclass
 class ServerState:
@@ -29,8 +31,9 @@ class ServerState:
     metrics: Metrics = field(default_factory=Metrics)
     scheduler: Scheduler | None = None  # made in the app's lifespan, on its event loop
     mailbox: Mailbox | None = None
-    # Prompts are rendered and tokenized here, off the event loop: a long one (tokenizers releases the GIL
-    # while it encodes) then delays only its own request. Two workers: many long prompts wait for each other.
+    # Long prompts are tokenized here, off the event loop (tokenizers releases the GIL while it encodes), so one
+    # delays only its own request; two workers, so many long ones wait for each other and not for the rest.
+    # Short ones (most) are tokenized on the loop: in well under a millisecond, and never behind a long one.
     prompt_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="openhermes-prompt"))
 
@@ -75,24 +78,31 @@ class ServerState:
                                 f"{self.engine.vocab_size - 1})", param="logit_bias", code="invalid_value")
         return self.sampling(body)
 
-    def check_text_size(self, texts: Iterable[str], body, param: str) -> None:
+    def check_text_size(self, texts: Iterable[str], body, param: str) -> int:
         """Refuse, before tokenizing, a prompt whose text is longer than the context window could hold at the
         tokenizer's longest token: it cannot fit, and tokenizing megabytes would only cost time. A request
         that asks to cut its prompt (truncation_length) is tokenized (off the loop) and cut instead."""
-        if body.truncation_length:
-            return
         engine = self.engine
         limit = engine.context_window * engine.max_token_bytes
         size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
-        if size > limit:
+        if size > limit and not body.truncation_length:
             raise APIError(400, f"the prompt is {size} bytes of text: more than this model's context window of "
                                 f"{engine.context_window} tokens can hold (its tokens are at most "
                                 f"{engine.max_token_bytes} bytes, so at most {limit} bytes); it was not tokenized",
                            param=param, code="context_length_exceeded")
+        return size
 
-    async def off_loop(self, fn: Callable, *args):
-        """fn(*args) on the prompt workers (tokenizing, rendering, compiling a grammar)."""
-        return await asyncio.get_running_loop().run_in_executor(self.prompt_pool, fn, *args)
+    async def tokenized(self, size: int, fn: Callable[[], list[int]]) -> list[int]:
+        """fn() (a prompt's ids) on the loop for a short text, on the prompt workers for one over 64 KiB."""
+        if size <= INLINE_PROMPT_BYTES:
+            return fn()
+        return await asyncio.get_running_loop().run_in_executor(self.prompt_pool, fn)
+
+    async def request_choices(self, body, *args) -> list[GenerationRequest]:
+        """choices(), with a response_format's grammar compiled on a worker thread (llguidance bounds its work)."""
+        if getattr(body, "response_format", None):
+            return await asyncio.to_thread(self.choices, body, *args)
+        return self.choices(body, *args)
 
     def fitted(self, ids: list[int], body, reply: int | None, param: str) -> list[int]:
         """BOS as `add_bos_token` asks; an over-long prompt cut to its end by `truncation_length`

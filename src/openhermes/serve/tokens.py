@@ -17,8 +17,9 @@ async def tokenize(body: TokenizeRequest, request: Request, state: ServerState =
     "add_special_tokens"}) -> {"tokens": [...]}."""
     engine = state.engine
     state.authorize(request)
-    with prompt_errors("content"):  # any length (it counts tokens), but off the loop
-        ids = await state.off_loop(lambda: engine.text_prompt(body.content, check=False))
+    with prompt_errors("content"):  # any length (it counts tokens); a long one off the loop
+        size = len(body.content.encode("utf-8", "surrogatepass"))
+        ids = await state.tokenized(size, lambda: engine.text_prompt(body.content, check=False))
     if not body.add_special and engine.bos_id is not None and ids[:1] == [engine.bos_id]:
         ids = ids[1:]
     if body.with_pieces:
