@@ -181,19 +181,17 @@ def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def no_space_error(e: BaseException, target: Path, written: int) -> OutputError | None:
-    """A full disk as one line naming the folder and the space (None for another error). Not every writer
-    says ENOSPC: safetensors' Rust writer says "os error 28", and numpy's tofile (under gguf's writer) only
-    "N requested and M written", with no errno: then the free space tells."""
-    free = shutil.disk_usage(target.parent).free
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC or "os error 28" in str(e):
-        pass
-    elif not (isinstance(e, OSError) and e.errno is None and free < 2**20 and "written" in str(e)):
-        return None
+def raise_if_no_space(e: BaseException, target: Path, written: int) -> None:
+    """A full disk as one line naming the folder and the space (an OutputError); another error is left to the
+    caller. Not every writer says ENOSPC: safetensors' Rust writer says "os error 28", and numpy's tofile (under
+    gguf's writer) only "N requested and M written", with no errno: then the free space tells."""
     disk = shutil.disk_usage(target.parent)
-    return OutputError(f"no space left on the device of {target.parent} ({_human(disk.total)} in all, "
-                       f"{_human(disk.free)} free): {target.name} needs more than the {_human(written)} written before "
-                       "it filled; nothing was left behind. Free some space or give another --out")
+    full = (isinstance(e, OSError) and e.errno == errno.ENOSPC or "os error 28" in str(e)
+            or isinstance(e, OSError) and e.errno is None and disk.free < 2**20 and "written" in str(e))
+    if full:
+        raise OutputError(f"no space left on the device of {target.parent} ({_human(disk.total)} in all, "
+                          f"{_human(disk.free)} free): {target.name} needs more than the {_human(written)} written "
+                          "before it filled; nothing was left behind. Free some space or give another --out") from None
 
 
 def _human(n: int) -> str:
@@ -211,9 +209,7 @@ def write_folder(target: str | Path, kind: str, fill: Callable[[Path], None], ov
     except BaseException as e:
         written = folder_size(staging) if isinstance(e, Exception) else 0
         shutil.rmtree(staging, ignore_errors=True)
-        full = no_space_error(e, target, written)
-        if full is not None:
-            raise full from None
+        raise_if_no_space(e, target, written)
         raise
     return target
 
@@ -244,9 +240,7 @@ def write_file(target: str | Path, fill: Callable[[Path], None], is_ours: Callab
     except BaseException as e:
         written = sum(p.stat().st_size for p in target.parent.glob(f"{tmp.name}*")) if isinstance(e, Exception) else 0
         _clean_stale_staging(target)  # the partial file and what fill put beside it
-        full = no_space_error(e, target, written)
-        if full is not None:
-            raise full from None
+        raise_if_no_space(e, target, written)
         raise
     return target
 

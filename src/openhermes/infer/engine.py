@@ -7,6 +7,7 @@ request's stop strings.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -96,13 +97,11 @@ class BaseEngine:
     def grammar_tokenizer(self):
         raise NotImplementedError
 
-    @property
+    @functools.cached_property
     def max_token_bytes(self) -> int:
         """The most bytes of text one token stands for: a text longer than context_window times this cannot
         fit the context, which a server can tell without tokenizing it."""
-        if "_max_token_bytes" not in self.__dict__:
-            self._max_token_bytes = max(len(self.token_piece(t)[1]) for t in range(self.vocab_size))
-        return self._max_token_bytes
+        return max(len(self.token_piece(t)[1]) for t in range(self.vocab_size))
 
     def token_piece(self, token: int) -> tuple[str, bytes]:
         """One token as text and as the bytes it stands for (a byte-fallback token is one byte)."""

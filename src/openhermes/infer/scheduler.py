@@ -58,9 +58,13 @@ class Scheduler:
     def alive(self) -> bool:
         return self.thread.is_alive() and not self.stopped
 
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and not len(self.batch)
+
     def stalled_for(self) -> float:
         """Seconds the scheduler has had work without making a step (0 when it has none)."""
-        if not self.waiting and not len(self.batch):
+        if self.idle:
             return 0.0
         return time.monotonic() - self.progress_at
 
@@ -75,7 +79,7 @@ class Scheduler:
             if len(self.waiting) >= self.max_queue + free:
                 raise QueueFull(f"the server is busy: {len(self.waiting) - free} requests are already waiting "
                                 f"for the {self.max_batch_size} places in the batch")
-            if not self.waiting and not len(self.batch):
+            if self.idle:
                 self.progress_at = time.monotonic()
             self.waiting.append(seq)
             self.cond.notify()
@@ -100,7 +104,7 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self.cond:
-                while not self.stopped and not self.waiting and not len(self.batch):
+                while not self.stopped and self.idle:
                     self.cond.wait()
                 if self.stopped:
                     return

@@ -119,6 +119,8 @@ class Sequence:
         mask = self.constraint.mask if self.constraint is not None else None
         try:
             token = self.sampler(self.ids, logits, banned, mask)
+            if self.constraint is not None:
+                self.constraint.accept(token)
         except StructuredOutputError as e:  # this reply's grammar is at a dead end: it fails, the batch goes on
             self.fail(str(e))
             return
@@ -128,12 +130,6 @@ class Sequence:
             top = logp.topk(k) if k else None
             pairs = tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else ()
             self.logprobs.append(TokenLogprob(token, float(logp[token]), pairs))
-        if self.constraint is not None:
-            try:
-                self.constraint.accept(token)
-            except StructuredOutputError as e:
-                self.fail(str(e))
-                return
         self.push(token)
 
     def push(self, token: int) -> None:

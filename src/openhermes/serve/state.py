@@ -81,7 +81,7 @@ class ServerState:
     def check_text_size(self, texts: Iterable[str], body, param: str) -> int:
         """Refuse, before tokenizing, a prompt whose text is longer than the context window could hold at the
         tokenizer's longest token: it cannot fit, and tokenizing megabytes would only cost time. A request
-        that asks to cut its prompt (truncation_length) is tokenized (off the loop) and cut instead."""
+        that asks to cut its prompt (truncation_length) is tokenized and cut instead. Returns the size in bytes."""
         engine = self.engine
         limit = engine.context_window * engine.max_token_bytes
         size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)

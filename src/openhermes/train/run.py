@@ -248,9 +248,7 @@ def save_final(trainer: Trainer, tokenizer, out_dir: Path, is_adapter: bool, ove
     except Exception as e:
         written = outputs.folder_size(staging)
         shutil.rmtree(out_dir / ".staging", ignore_errors=True)
-        full = outputs.no_space_error(e, target, written)
-        if full is not None:
-            raise full from None
+        outputs.raise_if_no_space(e, target, written)
         raise
 
     def fill(tmp: Path) -> None:
