@@ -12,6 +12,8 @@ import importlib.util
 import json
 import os
 import random
+import shutil
+from array import array
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -25,17 +27,19 @@ from tqdm.auto import tqdm
 from openhermes import outputs
 from openhermes.data import checks, dedup, demo, lengths, pack
 from openhermes.data.readers import read_records
-from openhermes.data.tokenize import ConversationTokenizer, Sample, fit_length
+from openhermes.data.store import SampleStore
+from openhermes.data.tokenize import ConversationTokenizer, fit_length
 from openhermes.model.load import save_tokenizer
 
 # The modules whose code decides what a prepared row holds: their source is part of the cache key.
 ROW_SHAPING_PACKAGES = ("openhermes.formats",)
 ROW_SHAPING_MODULES = ("openhermes.data.readers", "openhermes.data.checks", "openhermes.data.tokenize",
                        "openhermes.data.dedup", "openhermes.data.pack", "openhermes.data.prepare",
-                       "openhermes.data.demo", "openhermes.data.lengths")
+                       "openhermes.data.demo", "openhermes.data.lengths", "openhermes.data.store")
 DEFAULT_CACHE = Path(os.environ.get("OPENHERMES_CACHE", Path.home() / ".cache" / "openhermes"))
 BATCH = 1000
 MAX_PENDING = 8  # chunks in flight
+MAX_SHARD_BYTES = 500 * 10**6  # datasets' save_to_disk default: a split this big is written shard by shard
 
 
 @dataclass
@@ -122,12 +126,12 @@ def cache_key(recipe, tokenizer, paths: list[str]) -> str:
     return xxhash.xxh3_128(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _mix(per_set: dict[str, list], shares: dict[str, float | None], seed: int,
-         report: checks.DropReport) -> list:
-    """Subsample data sets to their target shares (the largest mix the data allows)."""
+def _mix(per_set: dict[str, array], shares: dict[str, float | None], seed: int,
+         report: checks.DropReport, store: SampleStore) -> list[int]:
+    """Subsample data sets to their target shares (the largest mix the data allows): the samples' ids."""
     fixed = {k: s for k, s in shares.items() if s is not None}
     if not fixed:
-        return [c for convs in per_set.values() for c in convs]
+        return [i for ids in per_set.values() for i in ids]
     free = [k for k in per_set if shares[k] is None]
     free_share = 1 - sum(fixed.values())
     if free and free_share <= 0:
@@ -139,42 +143,104 @@ def _mix(per_set: dict[str, list], shares: dict[str, float | None], seed: int,
     total = min(limits)
     rng = random.Random(seed)
     out = []
-    for k, convs in per_set.items():
+    for k, ids in per_set.items():
         if shares[k] is not None:
             want = round(total * shares[k])
         else:
-            want = round(total * free_share * len(convs) / sum(len(per_set[f]) for f in free))
-        want = min(want, len(convs))
-        keep = set(rng.sample(range(len(convs)), want))
-        for i, c in enumerate(convs):
-            if i in keep:
-                out.append(c)
+            want = round(total * free_share * len(ids) / sum(len(per_set[f]) for f in free))
+        want = min(want, len(ids))
+        keep = set(rng.sample(range(len(ids)), want))
+        for j, i in enumerate(ids):
+            if j in keep:
+                out.append(i)
             else:
-                report.drop(c.where, "left out by the mix", f"{k} over its target share", copy=bool(c.variant))
+                report.drop(store.wheres[i], "left out by the mix", f"{k} over its target share",
+                            copy=bool(store.variant_index[i]))
     return out
 
 
-def _histogram(lengths: list[int], bins: int = 10) -> list[dict]:
-    if not lengths:
+def _histogram(lengths: np.ndarray, bins: int = 10) -> list[dict]:
+    if not len(lengths):
         return []
     counts, edges = np.histogram(lengths, bins=bins)
     return [{"from": int(edges[i]), "to": int(edges[i + 1]), "count": int(c)} for i, c in enumerate(counts)]
 
 
-def _to_dataset(samples: list[Sample], recipe, seed: int, fingerprint: str):
-    import datasets
-    import pyarrow as pa
-
-    lengths = [len(s) for s in samples]
+def _pack(lengths: list[int], recipe, seed: int) -> tuple[list[list[int]], float | None]:
+    """Rows as bins of sample positions, and the packing efficiency."""
     if recipe.sample_packing:
         bins = pack.best_fit_decreasing(lengths, recipe.sequence_len, seed=seed)
     else:
-        bins = [[i] for i in random.Random(seed).sample(range(len(samples)), len(samples))]
-    columns = pack.pack_columns([s.input_ids for s in samples], [s.labels for s in samples], bins)
-    table = pa.table({k: _list_column(*v) for k, v in columns.items()})
+        bins = [[i] for i in random.Random(seed).sample(range(len(lengths)), len(lengths))]
     eff = pack.efficiency(lengths, len(bins), recipe.sequence_len) if recipe.sample_packing else None
+    return bins, eff
+
+
+def _rows_table(store: SampleStore, ids: list[int], bins: list[list[int]]):
+    """The Arrow table of these rows, the samples read back from the store."""
+    import pyarrow as pa
+
+    order = [ids[p] for b in bins for p in b]
+    samples = [store.read(i) for i in order]
+    local, n = [], 0
+    for b in bins:
+        local.append(list(range(n, n + len(b))))
+        n += len(b)
+    columns = pack.pack_columns([s[0] for s in samples], [s[1] for s in samples], local)
+    return pa.table({k: _list_column(*v) for k, v in columns.items()})
+
+
+def _save_split(folder: Path, store: SampleStore, ids: list[int], recipe, seed: int, fingerprint: str,
+                progress: bool) -> tuple[int, float | None]:
+    """Pack one split and save it as datasets' save_to_disk does: (rows, packing efficiency). A split over
+    MAX_SHARD_BYTES is built and saved one shard at a time (the shards save_to_disk would cut), so memory holds
+    one shard, never the split."""
+    import datasets
+
+    lengths = [store.lengths[i] for i in ids]
+    bins, eff = _pack(lengths, recipe, seed)
     # Our cache key names the content: datasets would otherwise hash the whole table to make one.
-    return datasets.Dataset(table, fingerprint=fingerprint), eff
+    n_tokens, n_rows = sum(lengths), len(bins)
+    nbytes = 12 * n_tokens + 4 * len(lengths) + 16 * n_rows  # ids, labels, positions, seq_lens; offsets
+    n_shards = min(n_rows, nbytes // MAX_SHARD_BYTES + 1)
+    with _datasets_bars_off():
+        if n_shards == 1:
+            datasets.Dataset(_rows_table(store, ids, bins), fingerprint=fingerprint).save_to_disk(str(folder))
+            return n_rows, eff
+        folder.mkdir(parents=True)
+        names = [f"data-{k:05d}-of-{n_shards:05d}.arrow" for k in range(n_shards)]
+        div, mod = divmod(n_rows, n_shards)  # save_to_disk's contiguous shards
+        bar = tqdm(total=n_rows, desc=f"write {folder.name}", unit=" rows", disable=not progress)
+        for k, name in enumerate(names):
+            a = div * k + min(k, mod)
+            shard = bins[a:a + div + (k < mod)]
+            scratch = folder / f".shard-{k}"
+            datasets.Dataset(_rows_table(store, ids, shard), fingerprint=fingerprint).save_to_disk(str(scratch))
+            os.rename(scratch / "data-00000-of-00001.arrow", folder / name)
+            if k == 0:
+                os.rename(scratch / "dataset_info.json", folder / "dataset_info.json")
+                state = json.loads((scratch / "state.json").read_text())
+            shutil.rmtree(scratch)
+            bar.update(len(shard))
+        bar.close()
+    state["_data_files"] = [{"filename": name} for name in names]
+    with open(folder / "state.json", "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=2, sort_keys=True)  # as save_to_disk writes it
+    return n_rows, eff
+
+
+@contextmanager
+def _datasets_bars_off():
+    """datasets' "Saving the dataset" bar, once per shard, says nothing our own bar does not."""
+    import datasets
+
+    was_off = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_off:
+            datasets.enable_progress_bars()
 
 
 def _list_column(offsets: np.ndarray, values: np.ndarray, rows_per_chunk: int = 8192):
@@ -192,16 +258,31 @@ def _list_column(offsets: np.ndarray, values: np.ndarray, rows_per_chunk: int = 
 
 def _encode_chunk(enc: ConversationTokenizer, convs: list, recipe,
                   deduplicator: dedup.Deduplicator | None) -> list[tuple]:
-    """Worker-thread work for one chunk: tokenize, fit to sequence_len, sign for near-dedup.
-    (where, sample or None, drop reason, detail, signature) per conversation, in order."""
+    """Worker-thread work for one chunk: tokenize, fit to sequence_len, make the dedup keys.
+    (where, variant, sample or None, drop reason, detail, dedup keys) per conversation, in order."""
     fitted = [fit_length(s, recipe.sequence_len, recipe.long_samples) for s in enc.encode_batch(convs)]
     kept = [sample for sample, _, _ in fitted if sample is not None]
-    near = deduplicator is not None and deduplicator.near
-    sigs = iter(dedup.signatures([s.input_ids for s in kept], deduplicator.num_perm) if near
-                else [None] * len(kept))
+    keys = iter(deduplicator.keys(kept) if deduplicator is not None else [None] * len(kept))
     return [(conv.where, conv.meta.get("variant", ""), sample, reason, detail,
-             None if sample is None else next(sigs))
+             None if sample is None else next(keys))
             for conv, (sample, reason, detail) in zip(convs, fitted, strict=True)]
+
+
+def _dedup_verdicts(results: list[tuple], deduplicator: dedup.Deduplicator,
+                    dedups: dict[str, dedup.Deduplicator], threshold: float | None) -> list[tuple[str, str] | None]:
+    """Each kept sample's (reason, detail) as a duplicate, or None; a LimaRP arrangement's copies are judged
+    among themselves (one deduplicator per arrangement)."""
+    groups: dict[str, list[int]] = {}
+    for j, (_, variant, sample, *_rest) in enumerate(results):
+        if sample is not None:
+            groups.setdefault(variant, []).append(j)
+    verdicts: list[tuple[str, str] | None] = [None] * len(results)
+    for variant, js in groups.items():
+        d = deduplicator if not variant else dedups.setdefault(variant, dedup.Deduplicator(threshold))
+        found = d.check_many([results[j][5] for j in js], [results[j][2].where for j in js])
+        for j, verdict in zip(js, found, strict=True):
+            verdicts[j] = verdict
+    return verdicts
 
 
 def _roleplay_sets(recipe, tokenizer, paths: list[str], report: checks.DropReport, phrases, progress: bool,
@@ -235,31 +316,31 @@ def _roleplay_sets(recipe, tokenizer, paths: list[str], report: checks.DropRepor
 
 
 def _read_check_tokenize(recipe, tokenizer, paths: list[str], report: checks.DropReport,
-                         progress: bool, stats: dict) -> dict[str, list[Sample]]:
-    """Every data set's usable samples, by report name; every other row is recorded in `report`."""
+                         progress: bool, stats: dict, store: SampleStore) -> dict[str, array]:
+    """Every data set's usable samples, added to `store`: their ids by report name; every other row is
+    recorded in `report`."""
     phrases = (recipe.refusal_phrases or checks.DEFAULT_REFUSALS) if recipe.refusal_filter else ()
     # One deduplicator for all data sets, so duplicates across them are found too; one per LimaRP
     # arrangement, so a row's rearranged copy is not taken for a near-duplicate of the row.
     dedups: dict[str, dedup.Deduplicator] = {}
     deduplicator = dedup.Deduplicator(recipe.near_dedup_threshold) if recipe.dedup else None
     encoders: dict[str, ConversationTokenizer] = {}
-    per_set: dict[str, list[Sample]] = {spec.report_name: [] for spec in recipe.datasets}
+    per_set: dict[str, array] = {spec.report_name: array("i") for spec in recipe.datasets}
     pending: deque[tuple[str, Future]] = deque()
     roleplay = _roleplay_sets(recipe, tokenizer, paths, report, phrases, progress, stats)
 
     def finish(name: str, future: Future) -> None:
         # In input order, so the first of two duplicates is the one kept.
-        for where, variant, sample, reason, detail, signature in future.result():
+        results = future.result()
+        verdicts = (_dedup_verdicts(results, deduplicator, dedups, recipe.near_dedup_threshold)
+                    if deduplicator is not None else [None] * len(results))
+        for (where, variant, sample, reason, detail, _), verdict in zip(results, verdicts, strict=True):
             if sample is None:
                 report.drop(where, reason, detail, copy=bool(variant))
-                continue
-            if deduplicator is not None:
-                d = deduplicator if not variant else dedups.setdefault(
-                    variant, dedup.Deduplicator(recipe.near_dedup_threshold))
-                if (bad := d.check(sample, signature)) is not None:
-                    report.drop(sample.where, *bad, copy=bool(variant))
-                    continue
-            per_set[name].append(sample)
+            elif verdict is not None:
+                report.drop(sample.where, *verdict, copy=bool(variant))
+            else:
+                per_set[name].append(store.add(sample))
 
     # Chunks are tokenized on worker threads (the Rust tokenizer releases the GIL) while this thread
     # reads and checks the next chunk: the Python work hides behind the tokenizer's.
@@ -293,45 +374,34 @@ def _read_check_tokenize(recipe, tokenizer, paths: list[str], report: checks.Dro
                 submit(spec.report_name, enc, chunk)
         while pending:
             finish(*pending.popleft())
+    store.finish()
     return per_set
 
 
-def _stats(key: str, recipe, report: checks.DropReport, samples: list[Sample], train_rows: int, n_val: int,
-           efficiency: float | None, shares: dict[str, float | None]) -> dict:
-    lengths = [len(s) for s in samples]
-    tokens_by_set, convs_by_set = Counter(), Counter()
-    for s in samples:
-        tokens_by_set[s.dataset] += len(s)
-        convs_by_set[s.dataset] += 1
+def _stats(key: str, recipe, report: checks.DropReport, store: SampleStore, samples: list[int], train_rows: int,
+           n_val: int, efficiency: float | None, shares: dict[str, float | None]) -> dict:
+    lengths = np.asarray(store.lengths, dtype=np.int64)[samples]
+    set_index = np.asarray(store.set_index, dtype=np.int64)[samples]
+    n_sets = len(store.sets)
+    tokens_by_set = np.bincount(set_index, weights=lengths, minlength=n_sets)
+    convs_by_set = np.bincount(set_index, minlength=n_sets)
+    by_name = {store.sets[k]: k for k in range(n_sets) if convs_by_set[k]}
+    total = int(lengths.sum())
     return {
         "key": key,
         "rows": report.to_dict(),
         "samples": len(samples),
         "train_rows": train_rows,
         "validation_samples": n_val,
-        "tokens": int(sum(lengths)),
-        "trained_tokens": int(sum(s.n_trained for s in samples)),
+        "tokens": total,
+        "trained_tokens": int(np.asarray(store.n_trained, dtype=np.int64)[samples].sum()),
         "packing_efficiency": efficiency,
         "sequence_len": recipe.sequence_len,
         "length_histogram": _histogram(lengths),
-        "mix": {k: {"conversations": convs_by_set[k], "share": convs_by_set[k] / len(samples),
-                    "token_share": tokens_by_set[k] / max(1, sum(lengths)), "target": shares.get(k)}
-                for k in sorted(convs_by_set)},
+        "mix": {name: {"conversations": int(convs_by_set[k]), "share": int(convs_by_set[k]) / len(samples),
+                       "token_share": int(tokens_by_set[k]) / max(1, total), "target": shares.get(name)}
+                for name, k in sorted(by_name.items())},
     }
-
-
-def _write(out: Path, parts: dict, stats: dict, tokenizer, key: str, overwrite: bool) -> None:
-    """Write next to `out`, then move into place: a reader never sees half a prepared set, and only
-    files openhermes wrote are ever replaced (outputs.py)."""
-    import datasets
-
-    def fill(tmp: Path) -> None:
-        datasets.DatasetDict(parts).save_to_disk(str(tmp))
-        (tmp / "report.json").write_text(json.dumps(stats, indent=1))
-        save_tokenizer(tokenizer, tmp / "tokenizer")  # so `data inspect` can decode the rows
-        (tmp / "key.txt").write_text(key)
-
-    outputs.write_folder(out, "prepared-data", fill, overwrite=overwrite)
 
 
 @contextmanager
@@ -366,32 +436,57 @@ def prepare(recipe, tokenizer, out_dir: str | Path | None = None, strict: bool =
         return Prepared(out, key, json.loads((out / "report.json").read_text()), cache_hit=True)
     outputs.check_folder(out, "prepared-data", overwrite)  # refuse before the work, not after
 
-    report = checks.DropReport()
-    roleplay_stats: dict = {}
-    with _gc_paused():
-        per_set = _read_check_tokenize(recipe, tokenizer, paths, report, progress, roleplay_stats)
-    shares = {d.report_name: d.share for d in recipe.datasets}
-    samples = _mix(per_set, shares, recipe.seed, report)
-    report.kept = sum(1 for s in samples if not s.variant)
-    assert report.balanced(), "row accounting is off: a row was lost"
-    if strict and report.n_dropped:
-        first = "; ".join(f"{w}: {r} {d}".strip() for w, r, d in report.details[:5])
-        raise checks.StrictError(f"--strict: {report.n_dropped} rows would be dropped ({first})")
-    if not samples:
-        raise ValueError(f"no usable rows: every row was dropped ({dict(report.dropped)})")
-
-    n_val = int(recipe.val_set_size if recipe.val_set_size >= 1 else round(recipe.val_set_size * len(samples)))
-    order = random.Random(recipe.seed).sample(range(len(samples)), len(samples))
-    val = [samples[i] for i in order[:n_val]]
-    train = [samples[i] for i in sorted(order[n_val:])]
-    train_ds, efficiency = _to_dataset(train, recipe, recipe.seed, f"{key}-train")
-    parts = {"train": train_ds}
-    if val:
-        parts["validation"] = _to_dataset(val, recipe, recipe.seed, f"{key}-validation")[0]
-    stats = _stats(key, recipe, report, samples, len(train_ds), len(val), efficiency, shares) | roleplay_stats
-    roleplay = {d.report_name for d in recipe.datasets if (d.format or recipe.prompt_format) == "limarp"}
-    if roleplay:  # samples per arrangement, over the LimaRP-format sets
-        first = recipe.limarp_arrangements[0]
-        stats["arrangements"] = dict(Counter(s.variant or first for s in samples if s.dataset in roleplay))
-    _write(out, parts, stats, tokenizer, key, overwrite)
+    # Everything happens inside the staging folder (outputs.py): the samples spilled to disk on the way are
+    # cleared with it, whatever stops the run, and a full disk is one message.
+    stats: dict = {}
+    outputs.write_folder(out, "prepared-data", lambda tmp: stats.update(
+        _prepare_into(tmp, recipe, tokenizer, paths, key, strict, progress)), overwrite=overwrite)
     return Prepared(out, key, stats, cache_hit=False)
+
+
+def _prepare_into(folder: Path, recipe, tokenizer, paths: list[str], key: str, strict: bool, progress: bool) -> dict:
+    """Read, check, tokenize, mix, split, pack and save into `folder` (the DatasetDict layout: a folder
+    per split and dataset_dict.json, then report.json, tokenizer/ and key.txt): the report's stats."""
+    store = SampleStore(folder / ".samples")
+    try:
+        report = checks.DropReport()
+        roleplay_stats: dict = {}
+        with _gc_paused():
+            per_set = _read_check_tokenize(recipe, tokenizer, paths, report, progress, roleplay_stats, store)
+        shares = {d.report_name: d.share for d in recipe.datasets}
+        samples = _mix(per_set, shares, recipe.seed, report, store)
+        del per_set
+        report.kept = sum(1 for i in samples if not store.variant_index[i])
+        assert report.balanced(), "row accounting is off: a row was lost"
+        if strict and report.n_dropped:
+            first = "; ".join(f"{w}: {r} {d}".strip() for w, r, d in report.details[:5])
+            raise checks.StrictError(f"--strict: {report.n_dropped} rows would be dropped ({first})")
+        if not samples:
+            raise ValueError(f"no usable rows: every row was dropped ({dict(report.dropped)})")
+
+        n_val = int(recipe.val_set_size if recipe.val_set_size >= 1 else round(recipe.val_set_size * len(samples)))
+        order = random.Random(recipe.seed).sample(range(len(samples)), len(samples))
+        val = [samples[i] for i in order[:n_val]]
+        train = [samples[i] for i in sorted(order[n_val:])]
+        del order
+        train_rows, efficiency = _save_split(folder / "train", store, train, recipe, recipe.seed, f"{key}-train",
+                                             progress)
+        splits = ["train"]
+        if val:
+            _save_split(folder / "validation", store, val, recipe, recipe.seed, f"{key}-validation", progress)
+            splits.append("validation")
+        with open(folder / "dataset_dict.json", "w", encoding="utf-8") as f:
+            json.dump({"splits": splits}, f)  # as DatasetDict.save_to_disk writes it
+        stats = _stats(key, recipe, report, store, samples, train_rows, len(val), efficiency, shares) | roleplay_stats
+        roleplay = {d.report_name for d in recipe.datasets if (d.format or recipe.prompt_format) == "limarp"}
+        if roleplay:  # samples per arrangement, over the LimaRP-format sets
+            first = recipe.limarp_arrangements[0]
+            stats["arrangements"] = dict(Counter(store.variant(i) or first for i in samples
+                                                 if store.dataset(i) in roleplay))
+    finally:
+        store.close()
+        shutil.rmtree(folder / ".samples", ignore_errors=True)
+    (folder / "report.json").write_text(json.dumps(stats, indent=1))
+    save_tokenizer(tokenizer, folder / "tokenizer")  # so `data inspect` can decode the rows
+    (folder / "key.txt").write_text(key)
+    return stats

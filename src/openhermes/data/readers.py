@@ -196,23 +196,7 @@ def _records_from_file(path: Path) -> Iterator[tuple[int, Any]]:
                 yield batch_start + j + 1, rec
         return
     if name.endswith(".json"):
-        raw = path.read_bytes()
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            yield 1, BadRow("invalid UTF-8", str(e))
-            return
-        except json.JSONDecodeError:
-            # Not one JSON document: many files named .json are JSON lines.
-            yield from _records_from_lines(raw.splitlines())
-            return
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
-            yield 1, BadRow("malformed record", "a .json file must hold a list of records")
-            return
-        for i, rec in enumerate(data):
-            yield i + 1, rec
+        yield from _records_from_json(path)
         return
     if name.endswith((".jsonl.gz", ".json.gz")):
         with gzip.open(path, "rb") as f:
@@ -223,6 +207,62 @@ def _records_from_file(path: Path) -> Iterator[tuple[int, Any]]:
             yield from _records_from_lines(f)
         return
     raise ValueError(f"{path}: unsupported file type (use .json, .jsonl, .jsonl.gz, .parquet or .yaml)")
+
+
+def _records_from_json(path: Path) -> Iterator[tuple[int, Any]]:
+    """A `.json` file: one array of records (the hub's openhermes2_5.json, 1.9 GB, is one) read a record at a
+    time, so memory does not grow with the file; JSON lines under a .json name, read a line at a time; any
+    other document (`{"data": [...]}`) read whole."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    body = head.lstrip()
+    if body.startswith(b"["):
+        yield from _json_array(path)
+        return
+    first_line = body.split(b"\n", 1)[0]
+    if body.startswith(b"{") and _is_json(first_line) and body[len(first_line):].strip():
+        with open(path, "rb") as f:  # a complete object on line 1 and more after it: JSON lines
+            yield from _records_from_lines(f)
+        return
+    raw = path.read_bytes()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        yield 1, BadRow("invalid UTF-8", str(e))
+        return
+    except json.JSONDecodeError:
+        yield from _records_from_lines(raw.splitlines())
+        return
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        yield 1, BadRow("malformed record", "a .json file must hold a list of records")
+        return
+    for i, rec in enumerate(data):
+        yield i + 1, rec
+
+
+def _is_json(text: bytes) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def _json_array(path: Path) -> Iterator[tuple[int, Any]]:
+    """The records of a top-level JSON array, one at a time (ijson's C parser); numbers as Python's json
+    reads them. A break in the array ends the file with one error naming the record where it broke."""
+    import ijson
+
+    n = 0
+    try:
+        with open(path, "rb") as f:
+            for n, rec in enumerate(ijson.items(f, "item", use_float=True), start=1):
+                yield n, rec
+    except (ijson.JSONError, UnicodeDecodeError) as e:
+        yield n + 1, BadRow("invalid JSON", f"the array breaks in record {n + 1} ({e}); the records after it are "
+                                            "not read")
 
 
 def _yaml_record(path: Path) -> Any:
