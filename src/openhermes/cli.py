@@ -290,7 +290,10 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
           port: int = typer.Option(8000, help="Port to listen on."),
           api_key: str | None = typer.Option(None, envvar="OPENHERMES_API_KEY",
                                              help="Require 'Authorization: Bearer KEY' on /v1 routes."),
-          model_name: str | None = typer.Option(None, help="Model id clients use (default: MODEL as given)."),
+          model_name: str | None = typer.Option(None, help="Model id the server reports (default: MODEL as given); "
+                                                "requests may name any model unless --strict-model-name."),
+          strict_model_name: bool = typer.Option(False, help="Answer 404 to a request naming another model (OpenAI's "
+                                                 "and vLLM's rule) instead of serving it this one."),
           max_batch_size: int = typer.Option(16, help="Requests decoded together (continuous batching; torch "
                                              "engine)."),
           parallel: int = typer.Option(4, min=1, help=PARALLEL_HELP),
@@ -317,20 +320,37 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
           stall_seconds: float = typer.Option(120, min=1, help="/health answers 503 when the scheduler has had work "
                                               "and made no decode step for this long, and the log gets its stack "
                                               "(a long prefill on a slow CPU counts as one step).")) -> None:
-    """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models) and a web chat at /."""
+    """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models), text-generation-webui's,
+    llama.cpp's and KoboldCpp's own routes, and a web chat at /."""
     import uvicorn
 
     from openhermes.serve.app import create_app
 
+    sock = _listening_socket(host, port)  # before the model loads: a busy port is one line, at once
     runner = _engine(model, adapter, device, engine, prefix_cache_mb=prefix_cache_mb, parallel=parallel,
                      ctx_size=ctx_size, threads=threads)
     runner.name = model_name or model or "openhermes-tiny"
     console.print(f"serving {runner.name} on http://{host}:{port}/ (API at /v1, metrics at /metrics)")
     batch = max_batch_size if engine == "torch" else runner.max_batch_size
-    uvicorn.run(create_app(runner, api_key=api_key, max_batch_size=batch, max_queue=max_queue,
-                           stream_interval=stream_interval, reserved_cores=reserved_cores, max_body_mb=max_body_mb,
-                           stall_seconds=stall_seconds),
-                host=host, port=port, log_level="warning")
+    app_ = create_app(runner, api_key=api_key, max_batch_size=batch, max_queue=max_queue,
+                      stream_interval=stream_interval, reserved_cores=reserved_cores, max_body_mb=max_body_mb,
+                      stall_seconds=stall_seconds, strict_model_name=strict_model_name)
+    uvicorn.Server(uvicorn.Config(app_, log_level="warning")).run(sockets=[sock])
+
+
+def _listening_socket(host: str, port: int):
+    import socket
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        console.print(f"[red]error:[/] cannot listen on {host}:{port}: {e.strerror}. Another server holds it "
+                      f"(SillyTavern's own default is 8000); choose another with --port.", soft_wrap=True)
+        raise typer.Exit(1) from None
+    return sock
 
 
 QUANTIZED_FOLDERS = ("gptq", "awq", "exl2")

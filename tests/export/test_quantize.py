@@ -58,7 +58,7 @@ def test_every_k_quant_loads_and_starts_like_f16(exports):
     import gguf
 
     _, files = exports
-    items = [it for it in demo.held_out(train_chat=800, train_roleplay=0) if it.kind != "roleplay"][:4]
+    items = [it for it in demo.held_out(train_chat=800, train_roleplay=0) if it.kind != "roleplay"][:PROMPTS]
     prompts = [chatml.render(from_sharegpt(it.record), add_generation_prompt=True) for it in items]
 
     def greedy(path, n=4):
@@ -77,9 +77,13 @@ def test_every_k_quant_loads_and_starts_like_f16(exports):
         assert kinds & {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"}, (t, kinds)  # real K-quant blocks
         assert is_openhermes_gguf(files[t])  # our metadata survives llama.cpp's quantizer
         same = sum(a[0] == b[0] for a, b in zip(ref, greedy(files[t]), strict=True))
-        # Q2_K is the lossiest type (llama.cpp's quantizer lists it with the largest perplexity increase): on a
-        # CPU with AVX-512 (other rounding in training and in llama.cpp's kernels) one first token of 4 moved.
-        assert same >= (len(ref) - 1 if t == "Q2_K" else len(ref)), (t, same)
+        # Agreement, not identity: the CPU's rounding (in training and in llama.cpp's kernels) moves a first token
+        # here and there (measured: 23 or 24 of 24 for every type on an AMD EPYC with AVX2; one of 4 for Q2_K on an
+        # AVX-512 Xeon); a broken quantization agrees on almost none.
+        assert same >= 0.75 * len(ref), (t, same)
+
+
+PROMPTS = 24
 
 
 def test_perplexity_and_kl_are_ordered_by_precision(exports):
@@ -90,7 +94,11 @@ def test_perplexity_and_kl_are_ordered_by_precision(exports):
     ppl = {t: r.perplexity for t, r in results.items()}
     kl = {t: r.kl_mean for t, r in results.items()}
     assert results["f16"].kl_mean == pytest.approx(0, abs=1e-9) and results["f16"].tokens > 500
-    assert ppl["Q2_K"] > ppl["Q4_K_M"] > ppl["f16"] * 0.999
+    # On a model this small quantization noise moves perplexity either way by about 1% (measured on an AMD EPYC
+    # with AVX2: Q4_K_M 1.1% below f16), so perplexity is only bounded; the divergence from f16 is what orders
+    # the types, by a factor of 5 or more between neighbours (there: 8e-5, 4e-4, 3e-3, 6e-2).
+    for t in order:
+        assert ppl[t] == pytest.approx(ppl["f16"], rel=0.05), t
     assert ppl["q8_0"] == pytest.approx(ppl["f16"], rel=0.01)
     assert kl["Q2_K"] > kl["Q4_K_M"] > kl["Q6_K"] > kl["q8_0"] > 0
     sizes = {t: files[t].stat().st_size for t in order}

@@ -36,13 +36,17 @@ def test_sequences_joining_a_running_batch_match_running_alone(engine):
 
 
 def test_chatml_reply_stops_at_im_end_and_never_runs_into_the_next_turn(scripted, chatml_tokenizer):
-    engine, _ = scripted("Answer briefly<|im_end|><|im_start|>user")
+    engine, script = scripted("Answer briefly<|im_end|><|im_start|>user")
     prompt = engine.chat_prompt([{"role": "user", "content": "hi"}])
-    raw = engine.generate([GenerationRequest(prompt, GREEDY, 20, ignore_eos=True)])[0]
-    assert "<|im_start|>" in chatml_tokenizer.decode(raw.token_ids)  # the model itself would run on
+    raw = engine.model.generate(torch.tensor([prompt]), max_new_tokens=len(script), do_sample=False, pad_token_id=0,
+                                eos_token_id=[10**6])[0, len(prompt):].tolist()  # no stop token at all
+    assert "<|im_start|>" in chatml_tokenizer.decode(raw)  # the model itself would run on
     r = engine.generate([GenerationRequest(prompt, GREEDY, 20)])[0]
     assert (r.text, r.finish_reason) == (" Answer briefly", "stop")
     assert chatml_tokenizer.convert_tokens_to_ids("<|im_start|>") not in r.token_ids
+    # ignore_eos (ban_eos_token) bans the end-of-turn tokens: the reply goes on without them, to its limit
+    banned = engine.generate([GenerationRequest(prompt, GREEDY, 20, ignore_eos=True)])[0]
+    assert banned.finish_reason == "length" and not set(banned.token_ids) & engine.stop_ids
 
 
 def test_min_tokens_in_a_batch_equals_transformers_min_new_tokens(scripted):

@@ -30,7 +30,7 @@ class GenerationRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
-    ignore_eos: bool = False  # keep going past eos / <|im_end|>
+    ignore_eos: bool = False  # stop tokens banned, never sampled (llama.cpp; text-generation-webui ban_eos_token)
     min_tokens: int = 0  # the stop tokens are banned until this many tokens are generated
     logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and the k most likely
     skip_special_tokens: bool = True  # False: control tokens the model writes stay in the text
@@ -54,6 +54,7 @@ class GenerationResult:
     completion_tokens: int
     logprobs: list[TokenLogprob] | None = None
     cached_tokens: int = 0  # prompt tokens whose KV was reused from an earlier request (not computed again)
+    stop_string: str = ""  # the stop string that ended the reply ("" when it was a stop token or a limit)
 
 
 # on_delta(text) is called with each new piece of text; on_done(result) once at the end.
@@ -69,7 +70,7 @@ class Sequence:
         self.sampler = Sampler(request.params, device=device, breaker_ids=breaker_ids)
         self.constraint = request.constraint
         self.logprobs: list[TokenLogprob] | None = [] if request.logprobs is not None else None
-        self.banned = sorted(stop_ids)  # before min_tokens
+        self.banned = sorted(stop_ids)  # before min_tokens, or always with ignore_eos
         self.backend = backend
         self.stop_ids = frozenset() if request.ignore_eos else stop_ids
         self.stops = tuple(s for s in request.stop if s)
@@ -82,6 +83,7 @@ class Sequence:
         self.read_offset = len(self.ids)
         self.prefix_offset = max(0, self.read_offset - 1)
         self.text = ""
+        self.stop_string = ""
         self.emitted = 0
         self.finish_reason: str | None = None
         self.cached_tokens = 0  # set by the engine when the prompt's prefill reuses a known prefix
@@ -111,11 +113,15 @@ class Sequence:
         sampler must run."""
         if not (self.sampler.plain_greedy and self.constraint is None and self.logprobs is None):
             return None
-        return self.banned if len(self.generated) < self.request.min_tokens else []
+        return self.banned if self._banning else []
+
+    @property
+    def _banning(self) -> bool:
+        return self.request.ignore_eos or len(self.generated) < self.request.min_tokens
 
     def advance(self, logits: torch.Tensor) -> None:
         """Choose the next token from this step's logits (V,) and take it."""
-        banned = self.banned if len(self.generated) < self.request.min_tokens else None
+        banned = self.banned if self._banning else None
         mask = self.constraint.mask if self.constraint is not None else None
         try:
             token = self.sampler(self.ids, logits, banned, mask)
@@ -172,7 +178,7 @@ class Sequence:
         for s in self.stops:
             i = self.text.find(s, max(0, searched - len(s) + 1))
             if i >= 0 and (cut is None or i < cut):
-                cut = i
+                cut, self.stop_string = i, s
         if cut is not None:
             self.text = self.text[:cut]
             self.finish_reason = "stop"
@@ -200,4 +206,5 @@ class Sequence:
     def result(self) -> GenerationResult:
         return GenerationResult(self.text, list(self.generated), self.finish_reason or "length",
                                 len(self.request.prompt_ids), len(self.generated),
-                                list(self.logprobs) if self.logprobs is not None else None, self.cached_tokens)
+                                list(self.logprobs) if self.logprobs is not None else None, self.cached_tokens,
+                                self.stop_string)

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from openhermes.infer.engine import BaseEngine
 from openhermes.infer.scheduler import Scheduler, Watchdog
-from openhermes.serve import completions, info, page, tokens
+from openhermes.serve import completions, info, kobold_api, llamacpp_api, page, textgen_api, tokens
 from openhermes.serve.errors import APIError, validation_error
 from openhermes.serve.mailbox import Mailbox
 from openhermes.serve.state import ServerState
@@ -23,15 +23,17 @@ from openhermes.serve.state import ServerState
 
 def create_app(engine: BaseEngine, *, api_key: str | None = None, max_batch_size: int = 16,
                max_queue: int = 64, stream_interval: int = 1, reserved_cores: int | None = None,
-               max_body_mb: float = 4, stall_seconds: float = 120) -> FastAPI:
+               max_body_mb: float = 4, stall_seconds: float = 120, strict_model_name: bool = False) -> FastAPI:
     """`stream_interval`: text deltas per streamed chunk after the first, which is sent at once (SGLang's and
     vLLM's `--stream-interval`): fewer chunks cost the HTTP side less, which on a small CPU shares the cores and
     the interpreter with decoding. `reserved_cores`: CPU cores decode steps leave to the HTTP side (torch engine on
     a CPU; None: infer/threads.py's default). `max_body_mb`: larger request bodies are answered 413 before they are
-    read. `stall_seconds`: /health answers 503 when the scheduler has had work and made no step for this long."""
+    read. `stall_seconds`: /health answers 503 when the scheduler has had work and made no step for this long.
+    `strict_model_name`: a request naming a model other than the engine's is a 404 (else any name is served)."""
     if stream_interval < 1:
         raise ValueError("stream_interval must be at least 1")
-    state = ServerState(engine, api_key=api_key, stream_interval=stream_interval, stall_seconds=stall_seconds)
+    state = ServerState(engine, api_key=api_key, stream_interval=stream_interval, stall_seconds=stall_seconds,
+                        strict_model_name=strict_model_name)
     engine.max_token_bytes  # noqa: B018 (computed once now, not on a client's first request)
 
     @asynccontextmanager
@@ -70,18 +72,24 @@ def create_app(engine: BaseEngine, *, api_key: str | None = None, max_batch_size
     # The order of the original app's routes: the page, info, generation, tokens.
     for router in (page.router, info.router, completions.router, tokens.router):
         app.include_router(router)
+    # Other servers' own routes, for the clients built on them (SillyTavern's three local text-completion types)
+    for router in (textgen_api.router, llamacpp_api.router, kobold_api.router):
+        app.include_router(router)
     return app
 
 
+JSON_ROUTES = ("/v1/", "/api/", "/completion", "/tokenize", "/detokenize")
+
+
 class JSONBodyMiddleware:
-    """POST bodies on /v1 are read as JSON whatever the Content-Type says (curl -d sends a form type),
+    """POST bodies on the API routes are read as JSON whatever the Content-Type says (curl -d sends a form type),
     as llama.cpp's and vLLM's servers do."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(JSON_ROUTES):
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
             scope = dict(scope, headers=[*headers, (b"content-type", b"application/json")])
         await self.app(scope, receive, send)

@@ -11,7 +11,7 @@ from openhermes.formats.base import Roleplay
 from openhermes.serve.errors import APIError, prompt_errors
 from openhermes.serve.running import run
 from openhermes.serve.schemas import ChatCompletionRequest, CompletionRequest
-from openhermes.serve.shapes import Echo
+from openhermes.serve.shapes import Echo, Shape
 from openhermes.serve.state import ServerState, server_state
 
 router = APIRouter()
@@ -49,9 +49,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request, state: ServerState = Depends(server_state)):
+    return await complete_text(body, request, state)
+
+
+async def complete_text(body: CompletionRequest, request: Request, state: ServerState, shape: Shape | None = None,
+                        default_max_tokens: int = 16):
+    """A text completion (OpenAI's route, and llama.cpp's and KoboldCpp's in their shapes)."""
     engine = state.engine
     params = state.checked(body, request)
-    limit = 16 if body.max_tokens is None else body.max_tokens
+    limit = default_max_tokens if body.max_tokens is None else body.max_tokens
     if limit == 0 and not body.echo:
         raise APIError(400, "max_tokens 0 generates nothing; use it with echo", param="max_tokens",
                        code="invalid_value")
@@ -77,4 +83,4 @@ async def completions(body: CompletionRequest, request: Request, state: ServerSt
         for gen in await state.request_choices(body, ids, params, limit, body.stop_strings(), body.logprobs):
             gens.append(gen)
             echoes.append(echo)
-    return await run(state, request, gens, body, "completion", echoes)
+    return await run(state, request, gens, body, "completion", echoes, shape)

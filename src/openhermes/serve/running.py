@@ -15,17 +15,18 @@ from openhermes.infer.scheduler import QueueFull
 from openhermes.infer.sequence import ContextWindowError, GenerationRequest, GenerationResult
 from openhermes.serve.errors import APIError
 from openhermes.serve.mailbox import Deltas
-from openhermes.serve.shapes import Echo, Shape, ignored_header, nothing, object_name, sse_event
+from openhermes.serve.shapes import Echo, Shape, ignored_header, nothing, object_name, truncated_header
 from openhermes.serve.shapes import usage as usage_of
 from openhermes.serve.state import ServerState
 
 
 async def run(state: ServerState, request: Request, gens: list[GenerationRequest], body, kind: str,
-              echoes: list[Echo] | None = None) -> Response:
+              echoes: list[Echo] | None = None, shape: Shape | None = None) -> Response:
     """Submit every choice to the scheduler (one batch); answer with one JSON body or a Server-Sent
-    Events stream. A choice with max_new_tokens 0 generates nothing (the echoed prompt only)."""
+    Events stream, in OpenAI's shape or `shape`'s. A choice with max_new_tokens 0 generates nothing (the echoed
+    prompt only)."""
     events: asyncio.Queue = asyncio.Queue()
-    headers = ignored_header(body)
+    headers = ignored_header(body) | truncated_header(body)
     engine, metrics, scheduler = state.engine, state.metrics, state.scheduler
 
     def put(item):
@@ -54,13 +55,20 @@ async def run(state: ServerState, request: Request, gens: list[GenerationRequest
             raise APIError(503, str(e), code="queue_full", kind="server_error") from None
         raise APIError(400, str(e), param="messages" if kind == "chat" else "prompt",
                        code="context_length_exceeded") from None
+    state.in_flight.update(seqs.values())
     metrics.queue_depth.set(scheduler.queued)
     rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
     path = request.url.path
     results: dict[int, GenerationResult] = {i: nothing(g) for i, g in enumerate(gens) if g.max_new_tokens == 0}
     echoes = echoes or [Echo() for _ in gens]
-    shape = Shape(kind, engine, body)
+    shape = shape or Shape(kind, engine, body)
+
+    def usage() -> dict:
+        out = usage_of(gens, results)
+        if body.truncated_tokens:
+            out["truncated_prompt_tokens"] = body.truncated_tokens
+        return out
 
     def finished() -> None:
         metrics.requests.labels(path, "200").inc()
@@ -73,6 +81,7 @@ async def run(state: ServerState, request: Request, gens: list[GenerationRequest
     def cancel_all() -> None:
         for seq in seqs.values():
             seq.cancel()
+        state.in_flight.difference_update(seqs.values())
 
     if not body.stream:
         watcher = asyncio.ensure_future(_wait_disconnect(request))
@@ -97,7 +106,7 @@ async def run(state: ServerState, request: Request, gens: list[GenerationRequest
                     results[i] = value
             finished()
             choices = [shape.choice(i, results[i], echoes[i]) for i in range(len(gens))]
-            return JSONResponse(shape.full(rid, created, choices, usage_of(gens, results)), headers=headers)
+            return JSONResponse(shape.full(rid, created, choices, usage()), headers=headers)
         finally:
             watcher.cancel()
             cancel_all()
@@ -110,9 +119,9 @@ async def run(state: ServerState, request: Request, gens: list[GenerationRequest
             for i in range(len(gens)):
                 opening = shape.opening(i, echoes[i])
                 if opening is not None:
-                    yield sse_event(shape.chunk(rid, created, opening, include_usage))
+                    yield shape.event(shape.chunk(rid, created, opening, include_usage))
             for i in list(results):  # nothing to generate: finished at once
-                yield sse_event(shape.chunk(rid, created, shape.closing(i, results[i]), include_usage))
+                yield shape.event(shape.chunk(rid, created, shape.closing(i, results[i]), include_usage))
             first = True
             while len(results) < len(gens):
                 texts, ends = await _drain(events)
@@ -124,22 +133,22 @@ async def run(state: ServerState, request: Request, gens: list[GenerationRequest
                         if first:
                             metrics.ttft.observe(time.perf_counter() - started)
                             first = False
-                        yield sse_event(shape.chunk(rid, created, shape.delta(i, text, new), include_usage))
+                        yield shape.event(shape.chunk(rid, created, shape.delta(i, text, new), include_usage))
                 for i, (what, value) in ends.items():
                     if what == "error":
-                        yield sse_event({"error": {"message": value, "type": "server_error", "param": None,
-                                              "code": None}})
+                        yield shape.event({"error": {"message": value, "type": "server_error", "param": None,
+                                                 "code": None}})
                         return
                     results[i] = value
                     rest = value.logprobs[sent[i]:] if value.logprobs is not None else None
                     if rest:
-                        yield sse_event(shape.chunk(rid, created, shape.delta(i, "", rest), include_usage))
-                    yield sse_event(shape.chunk(rid, created, shape.closing(i, value), include_usage))
+                        yield shape.event(shape.chunk(rid, created, shape.delta(i, "", rest), include_usage))
+                    yield shape.event(shape.chunk(rid, created, shape.closing(i, value), include_usage))
             finished()
             if include_usage:
-                yield sse_event({"id": rid, "object": object_name(kind, True), "created": created, "model": engine.name,
-                            "choices": [], "usage": usage_of(gens, results)})
-            yield "data: [DONE]\n\n"
+                yield shape.event({"id": rid, "object": object_name(kind, True), "created": created,
+                                   "model": engine.name, "choices": [], "usage": usage()})
+            yield shape.end_of_stream
         finally:  # also on client disconnect (the task is cancelled): free the places in the batch
             cancel_all()
 

@@ -33,16 +33,18 @@ UNSUPPORTED_COMPLETION = ("suffix", "grammar", "grammar_string")
 # Each setting's spellings, first = the one that wins when they disagree: OpenAI's or ours, then
 # text-generation-webui's, then llama.cpp's (and Ollama's).
 SPELLINGS: dict[str, tuple[str, ...]] = {
-    "max_tokens": ("max_tokens", "max_new_tokens", "n_predict", "num_predict"),
+    "max_tokens": ("max_tokens", "max_new_tokens", "n_predict", "num_predict", "max_length"),
     "repetition_penalty": ("repetition_penalty", "rep_pen", "repeat_penalty"),
     "repeat_last_n": ("repeat_last_n", "repetition_penalty_range", "rep_pen_range"),
     "tfs": ("tfs", "tfs_z"),
-    "stop": ("stop", "stopping_strings"),
+    "stop": ("stop", "stopping_strings", "stop_sequence"),
     "seed": ("seed", "sampler_seed"),
     "ignore_eos": ("ignore_eos", "ban_eos_token"),
     "typical_p": ("typical_p", "typical"),
     "mirostat_mode": ("mirostat_mode", "mirostat"),
+    "top_k": ("top_k",),
     "response_format": ("response_format", "json_schema"),
+    "truncation_length": ("truncation_length", "max_context_length"),  # the second: KoboldCpp's
 }
 _warned: set[str] = set()
 
@@ -53,6 +55,8 @@ def _normalise(name: str, value: Any) -> Any:
         return None  # -1 = a random seed (text-generation-webui, llama.cpp)
     if name in ("repeat_last_n", "rep_pen_range", "repetition_penalty_range") and value == -1:
         return 0  # -1 = the whole context (llama.cpp); ours is 0
+    if name == "top_k" and value == -1:
+        return 0  # -1 = off (vLLM's; SillyTavern sends it for its vLLM type)
     if name == "json_schema":  # llama.cpp's bare schema (SillyTavern sends {} when there is none)
         if isinstance(value, str):
             value = json.loads(value) if value.strip() else None
@@ -156,8 +160,14 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = False
     preset: str | None = None
     response_format: dict | None = None
+    # text-generation-webui's: do_sample false = greedy; the three searches it offers are not served here (400)
+    do_sample: bool | None = None
+    num_beams: Annotated[int, Field(ge=1)] | None = None
+    penalty_alpha: Annotated[Float, Field(ge=0)] | None = None
+    guidance_scale: Float | None = None
 
     _notes: list[str] = PrivateAttr(default_factory=list)
+    _truncated: int = PrivateAttr(default=0)  # prompt tokens dropped by truncation_length (all prompts)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -182,6 +192,15 @@ class SamplingFields(BaseModel):
                 log.warning("request field %r is not used by this server; ignored (logged once)", name)
         return names
 
+    def note_truncated(self, tokens: int) -> None:
+        """truncation_length cut this many tokens from the start of a prompt: said in the log and the response."""
+        self._truncated += tokens
+        log.warning("truncation_length %d: dropped the first %d prompt tokens", self.truncation_length, tokens)
+
+    @property
+    def truncated_tokens(self) -> int:
+        return self._truncated
+
     def log_spelling_notes(self) -> None:
         """Log which spelling won where two spellings of one setting disagreed."""
         for note in self._notes:
@@ -197,7 +216,16 @@ class SamplingFields(BaseModel):
             out["dry_sequence_breakers"] = tuple(self.dry_sequence_breakers)
         if self.logit_bias:
             out["logit_bias"] = tuple(self.logit_bias)
+        if self.do_sample is False:
+            out["temperature"] = 0.0
         return out
+
+    def unserved_searches(self) -> list[str]:
+        """Beam search, contrastive search and CFG: asked for (not their neutral values), they would change the
+        reply, so they are a 400 rather than silently ignored."""
+        asked = [("num_beams", self.num_beams not in (None, 1)), ("penalty_alpha", bool(self.penalty_alpha)),
+                 ("guidance_scale", self.guidance_scale not in (None, 1))]
+        return [name for name, on in asked if on]
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -262,7 +290,7 @@ class ChatCompletionRequest(SamplingFields):
     store: bool | None = None
 
     def unsupported(self) -> list[str]:
-        return [name for name in UNSUPPORTED_CHAT if _is_set(name, getattr(self, name))]
+        return [name for name in UNSUPPORTED_CHAT if _is_set(name, getattr(self, name))] + self.unserved_searches()
 
     def logprobs_k(self) -> int | None:
         """None: no log-probabilities; k: each token's and the k most likely (OpenAI's chat shape)."""
@@ -295,7 +323,7 @@ class CompletionRequest(SamplingFields):
         out = [name for name in UNSUPPORTED_COMPLETION if _is_set(name, getattr(self, name))]
         if self.best_of is not None and self.best_of not in (1, self.choices()):
             out.append("best_of")  # SillyTavern sends best_of = n, which is what we do
-        return out
+        return out + self.unserved_searches()
 
 
 def _is_set(name: str, value) -> bool:

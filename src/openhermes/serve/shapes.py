@@ -29,6 +29,11 @@ def ignored_header(body) -> dict[str, str]:
     return {"x-openhermes-ignored": value[:4000]} if names else {}
 
 
+def truncated_header(body) -> dict[str, str]:
+    """How many prompt tokens truncation_length dropped, when it dropped any (also in usage)."""
+    return {"x-openhermes-truncated-tokens": str(body.truncated_tokens)} if body.truncated_tokens else {}
+
+
 def nothing(gen: GenerationRequest) -> GenerationResult:
     return GenerationResult("", [], "length", len(gen.prompt_ids), 0, [] if gen.logprobs is not None else None)
 
@@ -55,7 +60,10 @@ class Echo:
 
 
 class Shape:
-    """OpenAI's JSON for one endpoint: choices, chunks and log-probabilities."""
+    """OpenAI's JSON for one endpoint: choices, chunks and log-probabilities, and how a stream's events are
+    written and ended. Other servers' shapes (serve/llamacpp_api.py, kobold_api.py) are subclasses."""
+
+    end_of_stream = "data: [DONE]\n\n"
 
     def __init__(self, kind: str, engine: BaseEngine, body):
         self.kind, self.engine, self.body = kind, engine, body
@@ -130,6 +138,9 @@ class Shape:
         if self.kind == "chat":
             return {"index": i, "delta": {}, "logprobs": None, "finish_reason": r.finish_reason}
         return {"index": i, "text": "", "logprobs": None, "finish_reason": r.finish_reason}
+
+    def event(self, payload: dict) -> str:
+        return sse_event(payload)
 
     def chunk(self, rid: str, created: int, choice: dict, include_usage: bool) -> dict:
         out = {"id": rid, "object": object_name(self.kind, True), "created": created, "model": self.engine.name,

@@ -28,6 +28,7 @@ class ServerState:
     api_key: str | None = None
     stream_interval: int = 1
     stall_seconds: float = 120  # /health is 503 when the scheduler has work and made no step for this long
+    strict_model_name: bool = False  # True: a request naming another model is a 404 (OpenAI's, vLLM's rule)
     metrics: Metrics = field(default_factory=Metrics)
     scheduler: Scheduler | None = None  # made in the app's lifespan, on its event loop
     mailbox: Mailbox | None = None
@@ -36,6 +37,8 @@ class ServerState:
     # Short ones (most) are tokenized on the loop: in well under a millisecond, and never behind a long one.
     prompt_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="openhermes-prompt"))
+    # The sequences being generated, for text-generation-webui's stop-generation and KoboldCpp's abort.
+    in_flight: set = field(default_factory=set)
 
     def authorize(self, request: Request) -> None:
         if self.api_key is None:
@@ -47,7 +50,9 @@ class ServerState:
                            code="invalid_api_key")
 
     def check_model(self, name: str | None) -> None:
-        if name is not None and name != self.engine.name:
+        """One model is served, and it answers to any name (as llama.cpp's and text-generation-webui's servers
+        do: SillyTavern users type one by hand); the response says which it is. serve --strict-model-name: 404."""
+        if self.strict_model_name and name is not None and name != self.engine.name:
             raise APIError(404, f"the model '{name}' does not exist; this server serves '{self.engine.name}'",
                            param="model", code="model_not_found", kind="not_found_error")
 
@@ -120,7 +125,9 @@ class ServerState:
                                     f"with max_tokens {reply}", param="truncation_length", code="invalid_value")
             if len(ids) > keep:
                 head = ids[:1] if bos is not None and ids[:1] == [bos] else []  # BOS stays first
-                ids = head + ids[len(ids) - keep + len(head):]
+                cut = len(ids) - keep
+                ids = head + ids[cut + len(head):]
+                body.note_truncated(cut)
         with prompt_errors(param):
             engine._checked(ids)
         return ids

@@ -11,15 +11,29 @@ from openhermes.serve.state import ServerState, server_state
 router = APIRouter()
 
 
+async def text_ids(state: ServerState, text: str, param: str) -> list[int]:
+    """The ids a completion of this text would be given (BOS as the model's rule says), for routes that count
+    tokens: any length (a long text off the event loop); text that is not valid is a 400 naming `param`."""
+    with prompt_errors(param):
+        size = len(text.encode("utf-8", "surrogatepass"))
+        return await state.tokenized(size, lambda: state.engine.text_prompt(text, check=False))
+
+
+def checked_ids(state: ServerState, tokens: list[int], param: str = "tokens") -> list[int]:
+    bad = [t for t in tokens if t >= state.engine.vocab_size]
+    if bad:
+        raise APIError(400, f"token id {bad[0]} is outside the vocabulary ({state.engine.vocab_size})", param=param,
+                       code="invalid_value")
+    return tokens
+
+
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request, state: ServerState = Depends(server_state)):
     """llama.cpp's /tokenize ({"content", "add_special", "with_pieces"}) or vLLM's ({"prompt",
     "add_special_tokens"}) -> {"tokens": [...]}."""
     engine = state.engine
     state.authorize(request)
-    with prompt_errors("content"):  # any length (it counts tokens); a long one off the loop
-        size = len(body.content.encode("utf-8", "surrogatepass"))
-        ids = await state.tokenized(size, lambda: engine.text_prompt(body.content, check=False))
+    ids = await text_ids(state, body.content, "content")
     if not body.add_special and engine.bos_id is not None and ids[:1] == [engine.bos_id]:
         ids = ids[1:]
     if body.with_pieces:
@@ -32,9 +46,5 @@ async def detokenize(body: DetokenizeRequest, request: Request, state: ServerSta
     """llama.cpp's and vLLM's /detokenize: {"tokens": [...]} -> {"content": text, "prompt": text}."""
     engine = state.engine
     state.authorize(request)
-    bad = [t for t in body.tokens if t >= engine.vocab_size]
-    if bad:
-        raise APIError(400, f"token id {bad[0]} is outside the vocabulary ({engine.vocab_size})", param="tokens",
-                       code="invalid_value")
-    text = engine.backend.decode(body.tokens, skip_special_tokens=False)
+    text = engine.backend.decode(checked_ids(state, body.tokens), skip_special_tokens=False)
     return {"content": text, "prompt": text}  # llama.cpp's key and vLLM's

@@ -1,0 +1,206 @@
+"""SillyTavern's three local text-completion types against a real `openhermes serve`: the routes each type calls
+(read from SillyTavern 1.12.6's src/endpoints/backends/text-completions.js and src/endpoints/tokenizers.js) in the
+shapes their servers answer (text-generation-webui's modules/api, llama.cpp's tools/server, KoboldCpp's API), the
+token counts against the model folder's own tokenizer, and the settings SillyTavern sends that used to be ignored."""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from transformers import AutoTokenizer
+
+from tests.serve.conftest import API_KEY, Server
+from tests.serve.test_clients import HEADERS, PROMPT, post, sillytavern_body
+
+CARD = ("Seraphina's Persona: Seraphina is a guardian of the forest, kind and watchful. "
+        "Scenario: {{user}} wakes in her glade after a wolf attack. <|im_start|> stays text here. " * 10)
+
+
+@pytest.fixture(scope="module")
+def folder_tokenizer(chat_model_dir):
+    return AutoTokenizer.from_pretrained(chat_model_dir)
+
+
+def sse_payloads(server, path: str, body: dict) -> list[tuple[str | None, object]]:
+    """(event name, data) for each Server-Sent Event of a streamed reply."""
+    out, event = [], None
+    with httpx.stream("POST", server.url + path, json=body, headers=HEADERS, timeout=120) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                out.append((event, line[6:] if line == "data: [DONE]" else json.loads(line[6:])))
+                event = None
+    return out
+
+
+def test_textgen_webui_type_counts_with_the_models_tokenizer(server, folder_tokenizer):
+    """SillyTavern's ooba type: /v1/models, then /v1/internal/model/info (200 = 'supports tokenization'), then
+    /v1/internal/encode {"text"} read as data.length: the model's count, not SillyTavern's LLaMA fallback."""
+    models = httpx.get(server.url + "/v1/models", headers=HEADERS).json()
+    assert [m["id"] for m in models["data"]] == ["tiny-chat"]
+    info = httpx.get(server.url + "/v1/internal/model/info", headers=HEADERS)
+    assert info.status_code == 200 and info.json()["model_name"] == "tiny-chat"
+    encoded = post(server, "/v1/internal/encode", {"text": CARD}).json()
+    reference = folder_tokenizer(CARD)["input_ids"]  # the folder's tokenizer, BOS as it adds it
+    assert encoded["tokens"] == reference and encoded["length"] == len(reference)
+    assert post(server, "/v1/internal/token-count", {"text": CARD}).json() == {"length": len(reference)}
+    decoded = post(server, "/v1/internal/decode", {"tokens": reference}).json()["text"]
+    assert decoded == folder_tokenizer.decode(reference, skip_special_tokens=True)
+    # the count a completion of this text is given: the same
+    usage = post(server, "/v1/completions", {"prompt": CARD, "max_tokens": 1}).json()["usage"]
+    assert usage["prompt_tokens"] == len(reference)
+    lone_surrogate = httpx.post(server.url + "/v1/internal/encode", content=b'{"text": "\\ud800"}', headers=HEADERS)
+    assert lone_surrogate.status_code == 400, lone_surrogate.text
+
+
+def test_llamacpp_type_generates_through_completion(server):
+    """SillyTavern's llama.cpp type posts its body to /completion and reads data.content (streamed: each
+    chunk's content, no [DONE]); the reply is the one /v1/completions gives for the same body."""
+    body = sillytavern_body(7) | {"api_type": "llamacpp"}
+    full = post(server, "/completion", body)
+    assert full.status_code == 200, full.text
+    reply = full.json()
+    oai = post(server, "/v1/completions", body).json()
+    assert reply["content"] == oai["choices"][0]["text"] and reply["content"].strip()
+    assert reply["stop"] is True and reply["tokens_predicted"] == oai["usage"]["completion_tokens"]
+    assert reply["tokens_evaluated"] == oai["usage"]["prompt_tokens"]
+    assert reply["stop_type"] == {"length": "limit", "stop": reply["stop_type"]}[oai["choices"][0]["finish_reason"]]
+    assert len(reply["tokens"]) == reply["tokens_predicted"]
+    events = sse_payloads(server, "/completion", body | {"stream": True})
+    assert all(data != "[DONE]" for _, data in events)
+    assert [d["stop"] for _, d in events] == [False] * (len(events) - 1) + [True]
+    assert "".join(d["content"] for _, d in events) == reply["content"]
+    assert events[-1][1]["tokens_predicted"] == reply["tokens_predicted"] and "timings" in events[-1][1]
+    # /completion's /tokenize counts what /completion is given (BOS added as the model's rule says)
+    tokens = post(server, "/tokenize", {"content": PROMPT, "add_special": True}).json()["tokens"]
+    assert len(tokens) == reply["tokens_evaluated"]
+
+
+def test_completion_reports_which_stop_ended_it(server):
+    greedy = {"prompt": PROMPT, "temperature": 0, "n_predict": 24, "ignore_eos": True}
+    text = post(server, "/completion", greedy).json()["content"]
+    word = text[len(text) // 2:len(text) // 2 + 3]
+    assert word.strip()
+    cut = post(server, "/completion", greedy | {"stop": [word]}).json()
+    assert cut["stop_type"] == "word" and cut["stopping_word"] == word
+    assert cut["content"] == text[:text.index(word)]
+    assert post(server, "/completion", greedy).json()["stop_type"] == "limit"
+
+
+def test_ban_eos_token_never_samples_the_end_of_turn(server, folder_tokenizer):
+    """ban_eos_token (text-generation-webui) / ignore_eos (llama.cpp): the end-of-turn tokens are masked, not
+    just ignored as stops: none of them is in the reply's tokens."""
+    ends = {folder_tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|im_start|>")}
+    ends.add(folder_tokenizer.eos_token_id)
+    chat = "<|im_start|>user\nSay hello.<|im_end|>\n<|im_start|>assistant\n"
+    im_end = folder_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eager = {"prompt": chat, "n_predict": 48, "logit_bias": [[im_end, 30.0]]}  # the turn would end at once
+    free = post(server, "/completion", eager | {"temperature": 0}).json()
+    assert free["stop_type"] == "eos" and free["tokens_predicted"] == 0
+    for spelling in ("ban_eos_token", "ignore_eos"):
+        for temperature in (0, 1.0):
+            banned = post(server, "/completion", eager | {"temperature": temperature, "seed": 3, spelling: True}).json()
+            assert banned["stop_type"] == "limit" and banned["tokens_predicted"] == 48
+            assert not ends & set(banned["tokens"]), (spelling, temperature)
+
+
+def test_koboldcpp_api(server, folder_tokenizer):
+    count = post(server, "/api/extra/tokencount", {"prompt": CARD}).json()
+    assert count["value"] == len(folder_tokenizer(CARD)["input_ids"]) and count["ids"][:1] == [folder_tokenizer.bos_token_id]
+    kobold = {"prompt": PROMPT, "max_length": 12, "max_context_length": 2048, "temperature": 0, "rep_pen": 1.0,
+              "stop_sequence": [], "genkey": "KCPP1234", "trim_stop": True}
+    result = post(server, "/api/v1/generate", kobold).json()["results"][0]
+    ours = post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 12, "temperature": 0}).json()
+    assert result["text"] == ours["choices"][0]["text"]
+    events = sse_payloads(server, "/api/extra/generate/stream", kobold)
+    assert {e for e, _ in events} == {"message"}
+    assert "".join(d["token"] for _, d in events) == result["text"]
+    assert events[-1][1]["finish_reason"] == result["finish_reason"]
+    assert httpx.get(server.url + "/api/v1/model", headers=HEADERS).json() == {"result": "koboldcpp/tiny-chat"}
+    assert httpx.get(server.url + "/api/v1/config/max_context_length", headers=HEADERS).json() == {"value": 2048}
+    memory = post(server, "/api/v1/generate", kobold | {"memory": "Aria: ", "prompt": PROMPT}).json()["results"][0]
+    assert memory["prompt_tokens"] == len(folder_tokenizer("Aria: " + PROMPT)["input_ids"])
+
+
+def test_stop_generation_and_abort_end_the_replies_in_flight(narrow_server):
+    for route in ("/v1/internal/stop-generation", "/api/extra/abort"):
+        result = {}
+
+        def long_reply(result=result):
+            r = httpx.post(narrow_server.url + "/v1/completions", timeout=120,
+                           json={"prompt": "once upon a time", "max_tokens": 20000, "ignore_eos": True})
+            result["body"] = r.json()
+
+        t = threading.Thread(target=long_reply)
+        t.start()
+        deadline = time.time() + 30
+        while narrow_server.health()["active"] == 0 and time.time() < deadline:
+            time.sleep(0.05)
+        started = time.time()
+        stopped = httpx.post(narrow_server.url + route, timeout=10)
+        assert stopped.status_code == 200
+        t.join(30)
+        assert time.time() - started < 10, route
+        choice = result["body"]["choices"][0]
+        assert choice["finish_reason"] == "cancelled" and result["body"]["usage"]["completion_tokens"] < 20000
+
+
+def test_settings_sillytavern_sends_are_honoured_or_refused(server):
+    base = {"prompt": PROMPT, "max_tokens": 16, "temperature": 1.0, "seed": 11}
+    greedy = post(server, "/v1/completions", base | {"temperature": 0}).json()["choices"][0]["text"]
+    assert post(server, "/v1/completions", base | {"do_sample": False}).json()["choices"][0]["text"] == greedy
+    off = post(server, "/v1/completions", base | {"top_k": 0}).json()["choices"][0]["text"]
+    vllm_off = post(server, "/v1/completions", base | {"top_k": -1})  # SillyTavern's vLLM type sends -1
+    assert vllm_off.status_code == 200 and vllm_off.json()["choices"][0]["text"] == off
+    for field, value in (("num_beams", 2), ("penalty_alpha", 0.6), ("guidance_scale", 1.5)):
+        r = post(server, "/v1/completions", base | {field: value})
+        assert r.status_code == 400 and r.json()["error"]["param"] == field
+    neutral = {"num_beams": 1, "penalty_alpha": 0, "guidance_scale": 1, "negative_prompt": ""}  # SillyTavern's
+    assert post(server, "/v1/completions", base | neutral).status_code == 200
+
+
+def test_any_model_name_is_served_unless_strict(server, chat_model_dir):
+    r = post(server, "/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+                                               "max_tokens": 2})
+    assert r.status_code == 200 and r.json()["model"] == "tiny-chat"
+    strict = Server(chat_model_dir, "--strict-model-name")
+    try:
+        r = httpx.post(strict.url + "/v1/completions", json={"model": "tiny", "prompt": "a", "max_tokens": 1})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    finally:
+        strict.stop()
+
+
+def test_a_cut_prompt_says_how_much_was_cut(server):
+    body = {"prompt": "word " * 3000, "truncation_length": 512, "max_tokens": 8}
+    r = post(server, "/v1/completions", body)
+    assert r.status_code == 200
+    full = len(post(server, "/tokenize", {"content": "word " * 3000, "add_special": True}).json()["tokens"])
+    cut = full - (512 - 8)
+    assert r.headers["x-openhermes-truncated-tokens"] == str(cut)
+    assert r.json()["usage"]["truncated_prompt_tokens"] == cut
+    assert post(server, "/completion", body).json()["truncated"] is True
+    assert "x-openhermes-truncated-tokens" not in post(server, "/v1/completions", {"prompt": "hi", "max_tokens": 1}).headers
+
+
+def test_a_busy_port_is_one_line_before_serving(server, chat_model_dir):
+    run = subprocess.run([sys.executable, "-m", "openhermes.cli", "serve", str(chat_model_dir), "--port",
+                          str(server.port)], capture_output=True, text=True, timeout=120)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{server.port}" in out and "--port" in out
+    assert "serving" not in out and "Traceback" not in out
+
+
+def test_key_still_required_on_the_other_servers_routes(server):
+    for method, path in (("GET", "/v1/internal/model/info"), ("POST", "/v1/internal/encode"),
+                         ("POST", "/completion"), ("POST", "/api/extra/tokencount"), ("GET", "/api/v1/model")):
+        r = httpx.request(method, server.url + path, json={"text": "a", "prompt": "a"}, timeout=30)
+        assert r.status_code == 401, path
+    assert API_KEY
