@@ -163,6 +163,22 @@ def test_settings_sillytavern_sends_are_honoured_or_refused(server):
         assert r.status_code == 400 and r.json()["error"]["param"] == field
     neutral = {"num_beams": 1, "penalty_alpha": 0, "guidance_scale": 1, "negative_prompt": ""}  # SillyTavern's
     assert post(server, "/v1/completions", base | neutral).status_code == 200
+    # epsilon cutoff in text-generation-webui's units: 9999 keeps only a token of p >= 0.9999, else the top one
+    assert post(server, "/v1/completions", base | {"epsilon_cutoff": 9999}).json()["choices"][0]["text"] == greedy
+    # custom_token_bans ("id, id") wins over a logit bias that would pick the token every time
+    favourite = post(server, "/tokenize", {"content": " the"}).json()["tokens"][-1]
+    pushed = base | {"logit_bias": {str(favourite): 50}, "max_tokens": 6}
+    assert set(post(server, "/completion", pushed).json()["tokens"]) == {favourite}
+    banned = post(server, "/completion", pushed | {"custom_token_bans": f"{favourite}, 3"}).json()
+    assert favourite not in banned["tokens"] and banned["tokens_predicted"] == 6
+    assert post(server, "/v1/completions", base | {"custom_token_bans": "x, 2"}).status_code == 400
+    # of SillyTavern's ooba fields, only those this server cannot serve are listed as ignored
+    ignored = post(server, "/v1/completions", sillytavern_body(1) | {
+        "temperature_last": True, "smoothing_factor": 0, "smoothing_curve": 1, "epsilon_cutoff": 0, "eta_cutoff": 0,
+        "no_repeat_ngram_size": 0, "encoder_repetition_penalty": 1, "min_length": 0, "custom_token_bans": "",
+        "do_sample": True, "num_beams": 1, "penalty_alpha": 0}).headers["x-openhermes-ignored"].split(", ")
+    assert not {"temperature_last", "smoothing_factor", "epsilon_cutoff", "eta_cutoff", "no_repeat_ngram_size",
+                "encoder_repetition_penalty", "min_length", "custom_token_bans", "do_sample", "num_beams"} & set(ignored)
 
 
 def test_any_model_name_is_served_unless_strict(server, chat_model_dir):

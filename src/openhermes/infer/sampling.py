@@ -2,18 +2,21 @@
 
 Order (llama.cpp's, SPEC §4, with the steps text-generation-webui and KoboldCpp users ask for):
  1. logit bias (OpenAI's `logit_bias`; a ban is -inf) and, before `min_tokens`, the stop tokens banned
- 2. penalties over the window of recent tokens (prompt included): repetition, presence, frequency
+ 2. penalties over the window of recent tokens (prompt included): repetition, presence, frequency;
+    text-generation-webui's encoder repetition penalty (tokens of the prompt) and no-repeat n-gram ban
  3. DRY (text-generation-webui's "don't repeat yourself": a penalty growing with the length of a
     repeated sequence that the next token would extend)
- 4. top-k, tail-free (TFS), typical, top-p, min-p, top-a, XTC (exclude top choices)
- 5. temperature
+ 4. top-k, tail-free (TFS), typical, top-p, epsilon and eta cutoff, min-p, top-a, XTC (exclude top choices)
+ 5. temperature, then text-generation-webui's quadratic smoothing; with `temperature_last: false` (its
+    default order) these two come before step 4 instead
  6. Mirostat v2 (when on, it replaces step 4's truncations, as in llama.cpp and text-generation-webui)
  7. the grammar mask of structured output (response_format), then the draw from the request's own
     seeded generator. Temperature 0 is greedy (argmax after steps 1-3 and the mask).
 Filters therefore see the untempered distribution.
 
 transformers' warpers are used where they compute the same thing (top-k, top-p, min-p,
-typical, temperature, repetition penalty); TFS, presence/frequency, DRY, top-a, XTC and Mirostat
+typical, epsilon, eta, temperature, repetition penalty, encoder repetition penalty, no-repeat n-grams: the ones
+text-generation-webui uses too); TFS, presence/frequency, DRY, top-a, XTC, quadratic smoothing and Mirostat
 are ours because transformers has none.
 """
 
@@ -25,7 +28,11 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from transformers.generation import (
+    EncoderRepetitionPenaltyLogitsProcessor,
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
     MinPLogitsWarper,
+    NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
@@ -33,8 +40,9 @@ from transformers.generation import (
     TypicalLogitsWarper,
 )
 
-ORDER = ("logit_bias", "repetition_penalty", "presence_penalty", "frequency_penalty", "dry", "top_k", "tfs",
-         "typical_p", "top_p", "min_p", "top_a", "xtc", "temperature", "mirostat", "grammar")
+ORDER = ("logit_bias", "repetition_penalty", "presence_penalty", "frequency_penalty", "encoder_repetition_penalty",
+         "no_repeat_ngram", "dry", "top_k", "tfs", "typical_p", "top_p", "epsilon_cutoff", "eta_cutoff", "min_p",
+         "top_a", "xtc", "temperature", "quadratic_sampling", "mirostat", "grammar")
 DRY_BREAKERS = ("\n", ":", "\"", "*")  # text-generation-webui's and SillyTavern's default sequence breakers
 
 
@@ -63,13 +71,24 @@ class SamplingParams:
     mirostat_tau: float = 5.0
     mirostat_eta: float = 0.1
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias); -inf bans the token
+    # text-generation-webui's: cutoffs in its units (1e-4), quadratic smoothing, and its sampler order switch
+    epsilon_cutoff: float = 0.0  # 0 = off
+    eta_cutoff: float = 0.0  # 0 = off
+    smoothing_factor: float = 0.0  # 0 = off
+    smoothing_curve: float = 1.0
+    temperature_last: bool = True  # False: temperature and smoothing before the truncation samplers
+    encoder_repetition_penalty: float = 1.0  # 1 = off; > 1 favours the prompt's tokens
+    no_repeat_ngram_size: int = 0  # 0 = off
 
     def __post_init__(self) -> None:
         for f in fields(self):  # JSON gives 2 for 2.0: store floats as floats (transformers' warpers insist)
             value = getattr(self, f.name)
             if f.type == "float" and isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, f.name, float(value))
-        for name in ("top_k", "repeat_last_n", "dry_allowed_length", "dry_penalty_last_n", "mirostat_mode"):
+        if not isinstance(self.temperature_last, bool):
+            raise ValueError(f"temperature_last={self.temperature_last!r} must be true or false")
+        for name in ("top_k", "repeat_last_n", "dry_allowed_length", "dry_penalty_last_n", "mirostat_mode",
+                     "no_repeat_ngram_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name}={value!r} must be an integer ({_RANGES[name]})")
@@ -97,6 +116,12 @@ class SamplingParams:
             "mirostat_mode": self.mirostat_mode in (0, 2),
             "mirostat_tau": 0 <= self.mirostat_tau <= 100,
             "mirostat_eta": 0 <= self.mirostat_eta <= 1,
+            "epsilon_cutoff": 0 <= self.epsilon_cutoff < 10_000,
+            "eta_cutoff": 0 <= self.eta_cutoff < 10_000,
+            "smoothing_factor": 0 <= self.smoothing_factor <= 100,
+            "smoothing_curve": 1 <= self.smoothing_curve <= 10,
+            "encoder_repetition_penalty": 0 < self.encoder_repetition_penalty <= 10,
+            "no_repeat_ngram_size": 0 <= self.no_repeat_ngram_size <= 100,
         }
         for name, ok in checks.items():
             value = getattr(self, name)
@@ -138,6 +163,9 @@ _RANGES = {
     "dry_multiplier": "in [0, 100]; 0 = off", "dry_base": "in [1, 100]", "dry_allowed_length": "in [1, 1000]",
     "dry_penalty_last_n": ">= 0; 0 = whole context", "mirostat_mode": "0 (off) or 2 (Mirostat v2)",
     "mirostat_tau": "in [0, 100]", "mirostat_eta": "in [0, 1]",
+    "epsilon_cutoff": "in [0, 10000), units of 1e-4; 0 = off", "eta_cutoff": "in [0, 10000), units of 1e-4; 0 = off",
+    "smoothing_factor": "in [0, 100]; 0 = off", "smoothing_curve": "in [1, 10]",
+    "encoder_repetition_penalty": "in (0, 10]; 1 = off", "no_repeat_ngram_size": "in [0, 100]; 0 = off",
 }
 
 PRESETS: dict[str, SamplingParams] = {
@@ -233,6 +261,15 @@ def dry_penalty(context: list[int], scores: torch.Tensor, multiplier: float, bas
     return scores
 
 
+def quadratic_smoothing(scores: torch.Tensor, factor: float, curve: float) -> torch.Tensor:
+    """text-generation-webui's quadratic sampling ("smoothing"): each finite logit l becomes
+    m - k*f*(l - m)^2 + s*f*(l - m)^3 with m the largest logit, k = (3 - curve)/2, s = (curve - 1)/2."""
+    top = scores.max()
+    diff = scores - top
+    k, s = (3 - curve) / 2, (curve - 1) / 2
+    return torch.where(torch.isfinite(scores), top - k * factor * diff ** 2 + s * factor * diff ** 3, scores)
+
+
 def top_a(scores: torch.Tensor, a: float) -> torch.Tensor:
     """Top-a (text-generation-webui): drop tokens whose probability is below a * max_probability**2."""
     probs = scores.softmax(-1)
@@ -262,7 +299,7 @@ class Sampler:
     `breaker_ids`: the token ids of DRY's sequence breakers (the engine's tokenizer knows them)."""
 
     def __init__(self, params: SamplingParams, device: torch.device | str = "cpu", tfs_webui: bool = False,
-                 breaker_ids: frozenset[int] = frozenset()):
+                 breaker_ids: frozenset[int] = frozenset(), prompt_ids: Sequence[int] = ()):
         self.params = p = params
         self.generator = torch.Generator(device=device)
         if p.seed is not None:
@@ -270,6 +307,11 @@ class Sampler:
         else:
             self.generator.seed()
         self.repetition = RepetitionPenaltyLogitsProcessor(p.repetition_penalty) if p.repetition_penalty != 1 else None
+        self.encoder_repetition = None  # text-generation-webui's: the "encoder" input is the prompt
+        if p.encoder_repetition_penalty != 1:
+            self.encoder_repetition = EncoderRepetitionPenaltyLogitsProcessor(
+                p.encoder_repetition_penalty, torch.as_tensor([list(prompt_ids)], dtype=torch.long, device=device))
+        self.no_repeat = NoRepeatNGramLogitsProcessor(p.no_repeat_ngram_size) if p.no_repeat_ngram_size else None
         self.breakers = breaker_ids
         self.mirostat = p.mirostat_mode == 2
         self.mu = 2 * p.mirostat_tau  # Mirostat's running surprise target
@@ -283,6 +325,10 @@ class Sampler:
                 warpers.append(TypicalLogitsWarper(p.typical_p))
             if p.top_p < 1:
                 warpers.append(TopPLogitsWarper(p.top_p))
+            if p.epsilon_cutoff > 0:  # text-generation-webui's units, 1e-4
+                warpers.append(EpsilonLogitsWarper(p.epsilon_cutoff * 1e-4))
+            if p.eta_cutoff > 0:
+                warpers.append(EtaLogitsWarper(p.eta_cutoff * 1e-4, device=device))
             if p.min_p > 0:
                 warpers.append(MinPLogitsWarper(p.min_p))
         self.warpers = warpers
@@ -292,12 +338,13 @@ class Sampler:
     def needs_context(self) -> bool:
         p = self.params
         return self.repetition is not None or p.presence_penalty != 0 or p.frequency_penalty != 0 \
-            or p.dry_multiplier > 0
+            or p.dry_multiplier > 0 or self.no_repeat is not None
 
     @property
     def plain_greedy(self) -> bool:
         """Greedy on the raw logits: the argmax of the model's output is the token."""
-        return self.params.greedy and not self.needs_context and not self.params.logit_bias
+        return self.params.greedy and not self.needs_context and not self.params.logit_bias \
+            and self.encoder_repetition is None
 
     def window(self, context: Sequence[int] | torch.Tensor, device: torch.device, n: int | None = None) -> torch.Tensor:
         """The penalties' recent tokens. Only this slice becomes a tensor: the context grows every step."""
@@ -324,6 +371,11 @@ class Sampler:
                 scores = self.repetition(window[None, :], scores[None, :])[0]
             if p.presence_penalty or p.frequency_penalty:
                 scores = presence_frequency(window, scores, p.presence_penalty, p.frequency_penalty)
+        if self.encoder_repetition is not None:
+            scores = self.encoder_repetition(None, scores[None, :])[0]
+        if self.no_repeat is not None:  # n-grams of the whole context, prompt included (transformers' rule)
+            ids = torch.as_tensor(context, dtype=torch.long, device=scores.device)
+            scores = self.no_repeat(ids[None, :], scores[None, :])[0]
         if p.dry_multiplier > 0:
             n = p.dry_penalty_last_n
             recent = context if n <= 0 else context[-n:]
@@ -340,6 +392,8 @@ class Sampler:
             return scores if mask is None else _masked(mask, scores, scores)
         penalised = scores
         no_ids = scores.new_zeros((1, 0), dtype=torch.long)  # the warpers here read only the scores
+        if not self.params.temperature_last:  # text-generation-webui's default order: the filters see it tempered
+            scores = penalised = self._tempered(no_ids, scores)
         scores = scores[None, :]
         for w in self.warpers:
             scores = w(no_ids, scores)
@@ -348,10 +402,17 @@ class Sampler:
             scores = top_a(scores, self.params.top_a)
         if self.params.xtc_probability > 0 and not self.mirostat:
             scores = xtc(scores, self.params.xtc_threshold, self.params.xtc_probability, self.generator)
+        if self.params.temperature_last:
+            scores, penalised = self._tempered(no_ids, scores), self._tempered(no_ids, penalised)
+        return scores if mask is None else _masked(mask, scores, penalised)
+
+    def _tempered(self, no_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Temperature, then quadratic smoothing (text-generation-webui's order of the two)."""
         if self.temperature is not None:
             scores = self.temperature(no_ids, scores[None, :])[0]
-            penalised = self.temperature(no_ids, penalised[None, :])[0]
-        return scores if mask is None else _masked(mask, scores, penalised)
+        if self.params.smoothing_factor > 0:
+            scores = quadratic_smoothing(scores, self.params.smoothing_factor, self.params.smoothing_curve)
+        return scores
 
     def __call__(self, context: Sequence[int] | torch.Tensor, scores: torch.Tensor, banned: Sequence[int] | None = None,
                  mask=None) -> int:

@@ -67,7 +67,7 @@ class Sequence:
                  device, on_delta: DeltaCallback | None = None, on_done: DoneCallback | None = None,
                  on_error: Callable[[str], None] | None = None, breaker_ids: frozenset[int] = frozenset()):
         self.request = request
-        self.sampler = Sampler(request.params, device=device, breaker_ids=breaker_ids)
+        self.sampler = Sampler(request.params, device=device, breaker_ids=breaker_ids, prompt_ids=request.prompt_ids)
         self.constraint = request.constraint
         self.logprobs: list[TokenLogprob] | None = [] if request.logprobs is not None else None
         self.banned = sorted(stop_ids)  # before min_tokens, or always with ignore_eos

@@ -43,6 +43,7 @@ SPELLINGS: dict[str, tuple[str, ...]] = {
     "typical_p": ("typical_p", "typical"),
     "mirostat_mode": ("mirostat_mode", "mirostat"),
     "top_k": ("top_k",),
+    "min_tokens": ("min_tokens", "min_length"),  # the second: text-generation-webui's
     "response_format": ("response_format", "json_schema"),
     "truncation_length": ("truncation_length", "max_context_length"),  # the second: KoboldCpp's
 }
@@ -162,6 +163,14 @@ class SamplingFields(BaseModel):
     response_format: dict | None = None
     # text-generation-webui's: do_sample false = greedy; the three searches it offers are not served here (400)
     do_sample: bool | None = None
+    temperature_last: bool | None = None
+    epsilon_cutoff: Annotated[Float, Field(ge=0, lt=10_000)] | None = None  # its units: 1e-4
+    eta_cutoff: Annotated[Float, Field(ge=0, lt=10_000)] | None = None
+    smoothing_factor: Annotated[Float, Field(ge=0, le=100)] | None = None
+    smoothing_curve: Annotated[Float, Field(ge=1, le=10)] | None = None
+    encoder_repetition_penalty: Annotated[Float, Field(gt=0, le=10)] | None = None
+    no_repeat_ngram_size: Annotated[int, Field(ge=0, le=100)] | None = None
+    custom_token_bans: str | list[int] | None = None  # "12, 345" (text-generation-webui) or ids
     num_beams: Annotated[int, Field(ge=1)] | None = None
     penalty_alpha: Annotated[Float, Field(ge=0)] | None = None
     guidance_scale: Float | None = None
@@ -210,15 +219,29 @@ class SamplingFields(BaseModel):
         keys = ("temperature", "top_p", "top_k", "min_p", "typical_p", "tfs", "repetition_penalty", "repeat_last_n",
                 "presence_penalty", "frequency_penalty", "seed", "top_a", "xtc_threshold", "xtc_probability",
                 "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n", "mirostat_mode",
-                "mirostat_tau", "mirostat_eta")
+                "mirostat_tau", "mirostat_eta", "temperature_last", "epsilon_cutoff", "eta_cutoff",
+                "smoothing_factor", "smoothing_curve", "encoder_repetition_penalty", "no_repeat_ngram_size")
         out = {k: getattr(self, k) for k in keys}
         if self.dry_sequence_breakers is not None:
             out["dry_sequence_breakers"] = tuple(self.dry_sequence_breakers)
-        if self.logit_bias:
-            out["logit_bias"] = tuple(self.logit_bias)
+        bans = tuple((t, float("-inf")) for t in self.token_bans())
+        if self.logit_bias or bans:
+            out["logit_bias"] = tuple(self.logit_bias or ()) + bans
         if self.do_sample is False:
             out["temperature"] = 0.0
         return out
+
+    def token_bans(self) -> list[int]:
+        """custom_token_bans as ids: text-generation-webui's comma-separated text, or a list."""
+        bans = self.custom_token_bans
+        if not bans:
+            return []
+        if isinstance(bans, list):
+            return bans
+        try:
+            return [int(x) for x in bans.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"custom_token_bans: comma-separated token ids, got {bans!r}") from None
 
     def unserved_searches(self) -> list[str]:
         """Beam search, contrastive search and CFG: asked for (not their neutral values), they would change the

@@ -77,10 +77,15 @@ class ServerState:
         self.check_model(body.model)
         self.unsupported(body.unsupported())
         body.log_spelling_notes()
-        outside = [t for t, _ in body.logit_bias or () if not 0 <= t < self.engine.vocab_size]
-        if outside:
-            raise APIError(400, f"logit_bias: token id {outside[0]} is outside the vocabulary (0 to "
-                                f"{self.engine.vocab_size - 1})", param="logit_bias", code="invalid_value")
+        try:
+            bans = body.token_bans()
+        except ValueError as e:
+            raise APIError(400, str(e), param="custom_token_bans", code="invalid_value") from None
+        for param, ids in (("logit_bias", [t for t, _ in body.logit_bias or ()]), ("custom_token_bans", bans)):
+            outside = [t for t in ids if not 0 <= t < self.engine.vocab_size]
+            if outside:
+                raise APIError(400, f"{param}: token id {outside[0]} is outside the vocabulary (0 to "
+                                    f"{self.engine.vocab_size - 1})", param=param, code="invalid_value")
         return self.sampling(body)
 
     def check_text_size(self, texts: Iterable[str], body, param: str) -> int:

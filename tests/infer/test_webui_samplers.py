@@ -1,0 +1,82 @@
+"""text-generation-webui's samplers that SillyTavern's ooba type sends, each against a reference restated from
+text-generation-webui's source (modules/sampler_hijack.py, modules/text_generation.py) or from the algorithm
+transformers defines and text-generation-webui uses."""
+
+import math
+
+import pytest
+import torch
+
+from openhermes.infer.sampling import Sampler, SamplingParams
+
+LOGITS = torch.tensor([4.0, 3.2, 2.9, 1.0, 0.5, -0.3, -2.0, -6.0])
+
+
+def finite(scores: torch.Tensor) -> set[int]:
+    return {i for i, v in enumerate(scores.tolist()) if math.isfinite(v)}
+
+
+@pytest.mark.parametrize("cutoff", [50, 800, 2500])
+def test_epsilon_cutoff_drops_tokens_below_it_in_units_of_1e_4(cutoff):
+    probs = LOGITS.softmax(-1)
+    expected = {i for i, p in enumerate(probs.tolist()) if p >= cutoff * 1e-4} or {int(probs.argmax())}
+    got = Sampler(SamplingParams(epsilon_cutoff=cutoff)).process([1], LOGITS.clone())
+    assert finite(got) == expected
+    assert torch.equal(got[list(expected)], LOGITS[list(expected)])  # the kept logits are untouched
+
+
+@pytest.mark.parametrize("cutoff", [3, 300, 3000])
+def test_eta_cutoff_scales_with_the_entropy(cutoff):
+    probs = LOGITS.softmax(-1)
+    entropy = -(probs * probs.log()).sum()
+    eps = cutoff * 1e-4
+    eta = min(eps, math.sqrt(eps) * math.exp(-float(entropy)))
+    expected = {i for i, p in enumerate(probs.tolist()) if p >= eta} or {int(probs.argmax())}
+    assert finite(Sampler(SamplingParams(eta_cutoff=cutoff)).process([1], LOGITS.clone())) == expected
+
+
+@pytest.mark.parametrize("factor,curve", [(0.3, 1.0), (0.3, 2.5), (1.2, 4.0)])
+def test_quadratic_smoothing_is_text_generation_webuis_formula(factor, curve):
+    top = float(LOGITS.max())
+    k, s = (3 - curve) / 2, (curve - 1) / 2
+    expected = [top - k * factor * (x - top) ** 2 + s * factor * (x - top) ** 3 for x in LOGITS.tolist()]
+    got = Sampler(SamplingParams(smoothing_factor=factor, smoothing_curve=curve)).process([1], LOGITS.clone())
+    assert got.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_temperature_last_false_lets_the_filters_see_the_tempered_distribution():
+    """min-p 0.1 at temperature 3: tempered first (text-generation-webui's default order) keeps more tokens."""
+    def min_p_keeps(logits):
+        probs = logits.softmax(-1)
+        return {i for i, p in enumerate(probs.tolist()) if p >= 0.1 * float(probs.max())}
+
+    keep_first, keep_last = min_p_keeps(LOGITS / 3), min_p_keeps(LOGITS)
+    assert keep_first != keep_last
+    first = Sampler(SamplingParams(temperature=3.0, min_p=0.1, temperature_last=False)).process([1], LOGITS.clone())
+    last = Sampler(SamplingParams(temperature=3.0, min_p=0.1)).process([1], LOGITS.clone())
+    assert finite(first) == keep_first and finite(last) == keep_last
+    assert first[0] == pytest.approx(LOGITS[0] / 3)
+
+
+def test_no_repeat_ngram_bans_the_token_that_would_repeat_one():
+    context = [5, 6, 7, 1, 5, 6]  # 5 6 -> 7 was seen: 7 would repeat the 3-gram
+    got = Sampler(SamplingParams(no_repeat_ngram_size=3)).process(context, LOGITS.clone())
+    assert finite(got) == set(range(8)) - {7}
+    assert finite(Sampler(SamplingParams(no_repeat_ngram_size=4)).process(context, LOGITS.clone())) == set(range(8))
+
+
+def test_encoder_repetition_penalty_favours_the_prompts_tokens():
+    """text-generation-webui passes the prompt as the encoder input: a prompt token's logit l becomes l * p when
+    positive and l / p when negative (p > 1 favours it)."""
+    prompt = [1, 5, 6]
+    got = Sampler(SamplingParams(encoder_repetition_penalty=1.5), prompt_ids=prompt).process(prompt + [2],
+                                                                                               LOGITS.clone())
+    expected = [x * 1.5 if i in prompt and x > 0 else x / 1.5 if i in prompt else x for i, x in enumerate(LOGITS.tolist())]
+    assert got.tolist() == pytest.approx(expected)
+
+
+def test_the_new_settings_are_checked():
+    for field, value in (("epsilon_cutoff", -1.0), ("eta_cutoff", 10_000.0), ("smoothing_curve", 0.5),
+                         ("no_repeat_ngram_size", -1), ("encoder_repetition_penalty", 0.0), ("temperature_last", 1)):
+        with pytest.raises(ValueError, match=field):
+            SamplingParams(**{field: value})
