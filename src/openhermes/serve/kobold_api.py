@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel
 
 from openhermes.infer.sequence import GenerationResult
 from openhermes.serve.completions import complete_text
 from openhermes.serve.errors import APIError
-from openhermes.serve.schemas import CompletionRequest, Lenient
+from openhermes.serve.schemas import CompletionRequest, TokenCountRequest
 from openhermes.serve.shapes import Echo, Shape
 from openhermes.serve.state import ServerState, server_state
-from openhermes.serve.textgen_api import stop_all
 from openhermes.serve.tokens import text_ids
 
 router = APIRouter()
@@ -50,8 +48,8 @@ class KoboldShape(Shape):
         return f"event: message\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def _kobold_body(body: CompletionRequest, stream: bool) -> CompletionRequest:
-    """KoboldCpp's `memory` goes before the prompt; one prompt, one reply."""
+async def _generate(body: CompletionRequest, request: Request, state: ServerState, stream: bool):
+    """KoboldCpp's generate: one text prompt (its `memory` first), one reply, streamed or not by the route."""
     if not isinstance(body.prompt, str) or body.choices() != 1:
         raise APIError(400, "KoboldCpp's generate takes one text prompt and gives one reply", param="prompt",
                        code="invalid_value")
@@ -60,26 +58,18 @@ def _kobold_body(body: CompletionRequest, stream: bool) -> CompletionRequest:
         raise APIError(400, "memory must be text", param="memory", code="invalid_value")
     body.prompt = memory + body.prompt
     body.stream = stream
-    return body
+    return await complete_text(body, request, state, KoboldShape("completion", state.engine, body),
+                               default_max_tokens=DEFAULT_MAX_LENGTH)
 
 
 @router.post("/api/v1/generate")
 async def generate(body: CompletionRequest, request: Request, state: ServerState = Depends(server_state)):
-    body = _kobold_body(body, stream=False)
-    return await complete_text(body, request, state, KoboldShape("completion", state.engine, body),
-                               default_max_tokens=DEFAULT_MAX_LENGTH)
+    return await _generate(body, request, state, stream=False)
 
 
 @router.post("/api/extra/generate/stream")
 async def generate_stream(body: CompletionRequest, request: Request, state: ServerState = Depends(server_state)):
-    body = _kobold_body(body, stream=True)
-    return await complete_text(body, request, state, KoboldShape("completion", state.engine, body),
-                               default_max_tokens=DEFAULT_MAX_LENGTH)
-
-
-class TokenCountRequest(BaseModel):
-    model_config = Lenient
-    prompt: str
+    return await _generate(body, request, state, stream=True)
 
 
 @router.post("/api/extra/tokencount")
@@ -94,7 +84,7 @@ async def tokencount(body: TokenCountRequest, request: Request, state: ServerSta
 async def abort(request: Request, state: ServerState = Depends(server_state)):
     """Stops every reply being generated (KoboldCpp serves one user; so does this route)."""
     state.authorize(request)
-    stop_all(state)
+    state.stop_all()
     return {"success": "true", "done": "true"}
 
 

@@ -64,19 +64,17 @@ async def run(state: ServerState, request: Request, gens: list[GenerationRequest
     echoes = echoes or [Echo() for _ in gens]
     shape = shape or Shape(kind, engine, body)
 
-    def usage() -> dict:
-        out = usage_of(gens, results)
-        if body.truncated_tokens:
-            out["truncated_prompt_tokens"] = body.truncated_tokens
-        return out
-
-    def finished() -> None:
+    def finished() -> dict:
+        """Count the finished request in the metrics; its usage, as the response reports it."""
         metrics.requests.labels(path, "200").inc()
         usage = usage_of(gens, results)
         metrics.prompt_tokens.inc(usage["prompt_tokens"])
         metrics.cached_tokens.inc(usage["prompt_tokens_details"]["cached_tokens"])
         metrics.completion_tokens.inc(usage["completion_tokens"])
         metrics.latency.observe(time.perf_counter() - started)
+        if body.truncated_tokens:
+            usage["truncated_prompt_tokens"] = body.truncated_tokens
+        return usage
 
     def cancel_all() -> None:
         for seq in seqs.values():
@@ -104,9 +102,9 @@ async def run(state: ServerState, request: Request, gens: list[GenerationRequest
                     raise APIError(500, value, kind="server_error")
                 if what == "done":
                     results[i] = value
-            finished()
+            usage = finished()
             choices = [shape.choice(i, results[i], echoes[i]) for i in range(len(gens))]
-            return JSONResponse(shape.full(rid, created, choices, usage()), headers=headers)
+            return JSONResponse(shape.full(rid, created, choices, usage), headers=headers)
         finally:
             watcher.cancel()
             cancel_all()
@@ -144,10 +142,10 @@ async def run(state: ServerState, request: Request, gens: list[GenerationRequest
                     if rest:
                         yield shape.event(shape.chunk(rid, created, shape.delta(i, "", rest), include_usage))
                     yield shape.event(shape.chunk(rid, created, shape.closing(i, value), include_usage))
-            finished()
+            usage = finished()
             if include_usage:
                 yield shape.event({"id": rid, "object": object_name(kind, True), "created": created,
-                                   "model": engine.name, "choices": [], "usage": usage()})
+                                   "model": engine.name, "choices": [], "usage": usage})
             yield shape.end_of_stream
         finally:  # also on client disconnect (the task is cancelled): free the places in the batch
             cancel_all()

@@ -380,5 +380,18 @@ class TokenizeRequest(BaseModel):
 
 
 class DetokenizeRequest(BaseModel):
+    """llama.cpp's and vLLM's /detokenize, and text-generation-webui's /v1/internal/decode: {"tokens": [...]}."""
     model_config = Lenient
     tokens: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=1_000_000)]
+
+
+class EncodeRequest(BaseModel):
+    """text-generation-webui's /v1/internal/encode and token-count: {"text"}."""
+    model_config = Lenient
+    text: str
+
+
+class TokenCountRequest(BaseModel):
+    """KoboldCpp's /api/extra/tokencount: {"prompt"}."""
+    model_config = Lenient
+    prompt: str

@@ -49,6 +49,12 @@ class ServerState:
             raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                            code="invalid_api_key")
 
+    def stop_all(self) -> None:
+        """Cancel every reply being generated (text-generation-webui's stop-generation, KoboldCpp's abort): each
+        ends at its next step with finish_reason "cancelled" and the text so far."""
+        for seq in list(self.in_flight):
+            seq.cancel()
+
     def check_model(self, name: str | None) -> None:
         """One model is served, and it answers to any name (as llama.cpp's and text-generation-webui's servers
         do: SillyTavern users type one by hand); the response says which it is. serve --strict-model-name: 404."""

@@ -5,26 +5,13 @@ context it is told."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
 
-from openhermes.serve.schemas import Lenient
+from openhermes.serve.schemas import DetokenizeRequest, EncodeRequest
 from openhermes.serve.state import ServerState, server_state
 from openhermes.serve.tokens import checked_ids, text_ids
 
 router = APIRouter(prefix="/v1/internal")
-
-
-class EncodeRequest(BaseModel):
-    model_config = Lenient
-    text: str
-
-
-class DecodeRequest(BaseModel):
-    model_config = Lenient
-    tokens: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=1_000_000)]
 
 
 @router.get("/model/info")
@@ -53,7 +40,7 @@ async def token_count(body: EncodeRequest, request: Request, state: ServerState 
 
 
 @router.post("/decode")
-async def decode(body: DecodeRequest, request: Request, state: ServerState = Depends(server_state)):
+async def decode(body: DetokenizeRequest, request: Request, state: ServerState = Depends(server_state)):
     """Special tokens left out, as text-generation-webui's decode() does by default."""
     state.authorize(request)
     return {"text": state.engine.backend.decode(checked_ids(state, body.tokens), skip_special_tokens=True)}
@@ -61,15 +48,7 @@ async def decode(body: DecodeRequest, request: Request, state: ServerState = Dep
 
 @router.post("/stop-generation")
 async def stop_generation(request: Request, state: ServerState = Depends(server_state)):
-    """Stops every reply being generated, as text-generation-webui (a one-user server) does; each ends with
-    finish_reason "cancelled" and the text so far."""
+    """Stops every reply being generated, as text-generation-webui (a one-user server) does."""
     state.authorize(request)
-    stop_all(state)
+    state.stop_all()
     return "OK"
-
-
-def stop_all(state: ServerState) -> int:
-    seqs = list(state.in_flight)
-    for seq in seqs:
-        seq.cancel()
-    return len(seqs)
