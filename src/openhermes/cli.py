@@ -173,9 +173,22 @@ def _model_or_default(model: str | None) -> str:
 
 def _engine(model: str | None, adapter: Path | None, device: str | None, kind: str = "torch",
             prefix_cache_mb: float = 1024, parallel: int = 4, ctx_size: int | None = None,
-            threads: int | None = None):
+            threads: int | None = None, gpu: dict | None = None):
+    """gpu: the vLLM engine's tensor_parallel_size, gpu_memory_utilization and max_model_len."""
     from openhermes.infer.engine import Engine
     from openhermes.model.load import ModelLoadError
+
+    if kind == "vllm":
+        from openhermes.infer.vllm_engine import EngineUnavailable, VllmEngine, require_vllm
+
+        if adapter is not None:
+            _fail("--engine vllm runs a model folder without an adapter: merge the adapter first "
+                  "(`openhermes merge`) and serve the merged folder")
+        try:
+            require_vllm()  # before the default model is trained or anything is loaded
+            return VllmEngine(_model_or_default(model), **(gpu or {}))
+        except (EngineUnavailable, ValueError) as e:
+            _fail(str(e))
 
     if kind == "llama.cpp":
         from openhermes.infer.llamacpp import EngineUnavailable, LlamaCppEngine
@@ -190,7 +203,7 @@ def _engine(model: str | None, adapter: Path | None, device: str | None, kind: s
         except (EngineUnavailable, ValueError) as e:
             _fail(str(e))
     if kind != "torch":
-        _fail(f"--engine {kind!r}: choose torch or llama.cpp")
+        _fail(f"--engine {kind!r}: choose torch, llama.cpp or vllm")
     try:
         return Engine.load(_model_or_default(model), adapter=adapter, device=device, prefix_cache_mb=prefix_cache_mb)
     except ModelLoadError as e:
@@ -209,7 +222,18 @@ def _sampling(preset_name: str, **overrides):
 MODEL_HELP = "A model folder or hub id (default: the embedded default, trained first if missing)."
 ADAPTER_HELP = ("A LoRA adapter on top of MODEL: a peft adapter folder (torch engine) or a LoRA GGUF from "
                 "`export --to gguf-lora` (llama.cpp engine).")
-ENGINE_HELP = "torch (a model folder) or llama.cpp (a .gguf file; needs llama-cpp-python)."
+ENGINE_HELP = ("torch (a model folder), llama.cpp (a .gguf file; needs llama-cpp-python) or vllm (a model folder "
+               "on NVIDIA GPUs; needs the vllm extra).")
+TP_OPTION = typer.Option(1, "--tensor-parallel-size", min=1, help="vLLM engine: GPUs the model is split over.")
+GPU_MEM_OPTION = typer.Option(0.9, "--gpu-memory-utilization", min=0.05, max=1.0,
+                              help="vLLM engine: share of each GPU's memory vLLM takes (weights and KV cache).")
+MAX_LEN_OPTION = typer.Option(None, "--max-model-len", min=16, help="vLLM engine: context window, prompt + reply "
+                              "(default: the model's).")
+
+
+def _gpu(tensor_parallel_size: int, gpu_memory_utilization: float, max_model_len: int | None) -> dict:
+    return {"tensor_parallel_size": tensor_parallel_size, "gpu_memory_utilization": gpu_memory_utilization,
+            "max_model_len": max_model_len}
 PARALLEL_HELP = ("llama.cpp engine: sequences decoded together, each with its own KV cache of --ctx-size tokens "
                  "(llama-server's --parallel).")
 THREADS_HELP = "llama.cpp engine: CPU threads for the model (default: all cores this process may use)."
@@ -233,7 +257,9 @@ def chat(model: str | None = typer.Argument(None, help=MODEL_HELP),
          seed: int | None = typer.Option(None, help="Sampling seed."),
          max_new_tokens: int = typer.Option(512, help="Longest reply in tokens."),
          device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
-         engine: str = typer.Option("torch", help=ENGINE_HELP)) -> None:
+         engine: str = typer.Option("torch", help=ENGINE_HELP),
+         tensor_parallel_size: int = TP_OPTION, gpu_memory_utilization: float = GPU_MEM_OPTION,
+         max_model_len: int | None = MAX_LEN_OPTION) -> None:
     """Talk to a model in the terminal, streamed. /help inside the chat lists the commands."""
     from openhermes.formats import limarp
     from openhermes.infer.cards import CardError, load_card
@@ -248,7 +274,9 @@ def chat(model: str | None = typer.Argument(None, help=MODEL_HELP),
         except CardError as e:
             _fail(str(e))
     params = _sampling(preset or ("limarp" if rp else "chatml-default"), temperature=temperature, seed=seed)
-    session = ChatSession(_engine(model, adapter, device, engine, parallel=1), system=system, params=params,
+    runner = _engine(model, adapter, device, engine, parallel=1,
+                     gpu=_gpu(tensor_parallel_size, gpu_memory_utilization, max_model_len))
+    session = ChatSession(runner, system=system, params=params,
                           max_new_tokens=max_new_tokens, roleplay=rp)
     run_terminal(session)
 
@@ -265,15 +293,18 @@ def generate(model: str | None = typer.Argument(None, help=MODEL_HELP),
              parallel: int = typer.Option(4, min=1, help=PARALLEL_HELP),
              ctx_size: int | None = typer.Option(None, min=16, help=CTX_HELP),
              device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
-             engine: str = typer.Option("torch", help=ENGINE_HELP)) -> None:
+             engine: str = typer.Option("torch", help=ENGINE_HELP),
+             tensor_parallel_size: int = TP_OPTION, gpu_memory_utilization: float = GPU_MEM_OPTION,
+             max_model_len: int | None = MAX_LEN_OPTION) -> None:
     """Batch generation from a JSONL file. Bad lines are reported by line number; the rest still run."""
     from openhermes.infer.batchfile import generate_file
 
     if not input.exists():
         _fail(f"{input}: no such file")
     params = _sampling(preset)
-    runner = _engine(model, adapter, device, engine, parallel=parallel, ctx_size=ctx_size)
-    if engine == "torch":  # the llama.cpp engine decodes --parallel sequences at once
+    runner = _engine(model, adapter, device, engine, parallel=parallel, ctx_size=ctx_size,
+                     gpu=_gpu(tensor_parallel_size, gpu_memory_utilization, max_model_len))
+    if engine == "torch":  # the llama.cpp engine decodes --parallel sequences at once, vLLM as many as fit
         runner.max_batch_size = batch_size
     done, errors = generate_file(runner, input, output, params, max_new_tokens)
     for e in errors:
@@ -295,7 +326,7 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
           strict_model_name: bool = typer.Option(False, help="Answer 404 to a request naming another model (OpenAI's "
                                                  "and vLLM's rule) instead of serving it this one."),
           max_batch_size: int = typer.Option(16, help="Requests decoded together (continuous batching; torch "
-                                             "engine)."),
+                                             "and vllm engines)."),
           parallel: int = typer.Option(4, min=1, help=PARALLEL_HELP),
           ctx_size: int | None = typer.Option(None, min=16, help=CTX_HELP),
           threads: int | None = typer.Option(None, min=1, help=THREADS_HELP),
@@ -303,6 +334,8 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
                                         "--max-batch-size decoding); beyond that the server answers 503."),
           device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
           engine: str = typer.Option("torch", help=ENGINE_HELP),
+          tensor_parallel_size: int = TP_OPTION, gpu_memory_utilization: float = GPU_MEM_OPTION,
+          max_model_len: int | None = MAX_LEN_OPTION,
           prefix_cache_mb: float = typer.Option(1024, help="Memory for the KV of recent prompts and replies, so a "
                                                 "client that resends the conversation prefills only the new part "
                                                 "(torch engine; 0 turns it off)."),
@@ -328,10 +361,11 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
 
     sock = _listening_socket(host, port)  # before the model loads: a busy port is one line, at once
     runner = _engine(model, adapter, device, engine, prefix_cache_mb=prefix_cache_mb, parallel=parallel,
-                     ctx_size=ctx_size, threads=threads)
+                     ctx_size=ctx_size, threads=threads,
+                     gpu=_gpu(tensor_parallel_size, gpu_memory_utilization, max_model_len))
     runner.name = model_name or model or "openhermes-tiny"
     console.print(f"serving {runner.name} on http://{host}:{port}/ (API at /v1, metrics at /metrics)")
-    batch = max_batch_size if engine == "torch" else runner.max_batch_size
+    batch = runner.max_batch_size if engine == "llama.cpp" else max_batch_size
     app_ = create_app(runner, api_key=api_key, max_batch_size=batch, max_queue=max_queue,
                       stream_interval=stream_interval, reserved_cores=reserved_cores, max_body_mb=max_body_mb,
                       stall_seconds=stall_seconds, strict_model_name=strict_model_name)
@@ -517,6 +551,10 @@ def eval_(model: str | None = typer.Argument(None, help=MODEL_HELP),
           samples: int = typer.Option(1, help="HumanEval samples per problem (pass@k for k <= samples)."),
           temperature: float = typer.Option(0.0, help="HumanEval sampling temperature (0 = greedy)."),
           device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+          engine: str = typer.Option("torch", help="torch, or vllm (log-likelihoods from vLLM's prompt "
+                                     "log-probabilities, as lm-evaluation-harness's vLLM backend)."),
+          tensor_parallel_size: int = TP_OPTION, gpu_memory_utilization: float = GPU_MEM_OPTION,
+          max_model_len: int | None = MAX_LEN_OPTION,
           overwrite: bool = typer.Option(False, help="Replace an --output file that openhermes did not write."),
           unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help="Run HumanEval's model-written "
                                                  "code even where no OS sandbox (bubblewrap or user namespaces) "
@@ -539,9 +577,18 @@ def eval_(model: str | None = typer.Argument(None, help=MODEL_HELP),
 
     if mc2 not in MC2_RULES:
         _fail(f"--mc2 {mc2!r}: choose {' or '.join(MC2_RULES)}")
-    runner = _engine(model, adapter, device)
+    if engine not in ("torch", "vllm"):
+        _fail(f"--engine {engine!r}: eval runs on torch or vllm")
+    runner = _engine(model, adapter, device, engine, gpu=_gpu(tensor_parallel_size, gpu_memory_utilization,
+                                                               max_model_len))
     try:
-        evaluate(runner.model, runner.tokenizer, cfg, output, echo=print, overwrite=overwrite)
+        if engine == "vllm":
+            from openhermes.eval.vllm_score import VllmScorer
+
+            evaluate(None, runner.tokenizer, cfg, output, echo=print, overwrite=overwrite, engine=runner,
+                     scorer=VllmScorer(runner, add_bos=add_bos, batch_size=batch_size))
+        else:
+            evaluate(runner.model, runner.tokenizer, cfg, output, echo=print, overwrite=overwrite)
     except (FileNotFoundError, ValueError, OutputError, SandboxUnavailable) as e:
         _fail(str(e))
 

@@ -91,13 +91,15 @@ def run_humaneval(engine, cfg: EvalConfig) -> TaskResult:
     return TaskResult("humaneval", 0, humaneval.pass_at(samples, ks), [asdict(s) for s in samples])
 
 
-def evaluate(model, tokenizer, cfg: EvalConfig, out: Path | None = None, echo=print, overwrite: bool = False) -> dict:
+def evaluate(model, tokenizer, cfg: EvalConfig, out: Path | None = None, echo=print, overwrite: bool = False,
+             engine=None, scorer=None) -> dict:
+    """engine and scorer: another engine's (vLLM's: eval/vllm_score.py) in place of the model's own."""
     from openhermes.infer.engine import Engine
 
     if out is not None:  # refuse before hours of scoring, not after
         outputs.check_file(out, is_results_file, "results file", overwrite)
-    scorer = Scorer(model, tokenizer, add_bos=cfg.add_bos, batch_size=cfg.batch_size)
-    engine = Engine(model, tokenizer, add_bos=cfg.add_bos)
+    scorer = scorer or Scorer(model, tokenizer, add_bos=cfg.add_bos, batch_size=cfg.batch_size)
+    engine = engine or Engine(model, tokenizer, add_bos=cfg.add_bos)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
     summary: dict = {"openhermes": __version__, "config": config, "suites": {}}
     averages: dict[str, float] = {}

@@ -56,6 +56,9 @@ class BaseEngine:
     def new_batch(self):
         raise NotImplementedError
 
+    def check_params(self, params) -> None:
+        """Raise ValueError (with a `field` attribute) for sampler settings this engine cannot run."""
+
     def serving_threads(self, reserved_cores: int | None) -> CPUThreads | None:
         """The CPU threads a server's scheduler runs this engine's steps on (infer/threads.py); None: the
         engine's own."""
@@ -172,22 +175,15 @@ class BaseEngine:
             batch.step()
 
 
-class Engine(BaseEngine):
-    """transformers: a model folder or hub id, optionally with a peft adapter on top."""
+class TokenizerEngine(BaseEngine):
+    """An engine whose prompts come from a transformers tokenizer, encoded exactly as training encodes
+    them (data/tokenize.py): the torch engine's and the vLLM engine's."""
 
-    def __init__(self, model, tokenizer, *, name: str = "model", max_batch_size: int = 16,
-                 context_window: int | None = None, add_bos: bool | None = None, prefix_cache_mb: float = 1024):
-        self.model = model.eval()
-        # KV of recent prompts and replies reused across requests (infer/prefix_cache.py); 0 turns it off.
-        self.prefix_cache = PrefixCache(prefix_cache_mb) if prefix_cache_mb > 0 else None
+    def _use_tokenizer(self, tokenizer, eos, add_bos: bool | None) -> None:
+        """eos: the generation config's eos_token_id (an id, a list of them, or None)."""
         self.tokenizer = tokenizer
-        self.name = name
-        self.max_batch_size = max_batch_size
-        self.device = next(model.parameters()).device
-        self.context_window = context_window or int(getattr(model.config, "max_position_embeddings", 2048))
         self.backend = tokenizer.backend_tokenizer
         vocab = tokenizer.get_vocab()
-        eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
         self.stop_ids = frozenset(i for i in eos_ids | {vocab.get(t) for t in chatml.CONTROL_TOKENS} if i is not None)
         has_chatml = all(t in vocab for t in chatml.CONTROL_TOKENS)
@@ -195,6 +191,49 @@ class Engine(BaseEngine):
         self._encoders = {fmt: ConversationTokenizer(tokenizer, fmt, add_bos=bos)
                           for fmt in (["chatml"] if has_chatml else []) + ["limarp"]}
         self.add_bos = bos
+
+    def grammar_tokenizer(self):
+        return self.tokenizer
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.tokenizer.bos_token_id
+
+    def token_piece(self, token: int) -> tuple[str, bytes]:
+        piece = self.tokenizer.convert_ids_to_tokens(token)
+        if isinstance(piece, str) and is_byte_token(piece):
+            raw = bytes([int(piece[3:5], 16)])
+            return raw.decode("utf-8", "replace"), raw
+        if isinstance(piece, str) and "\u2581" in piece and token not in self.tokenizer.all_special_ids:
+            text = piece.replace("\u2581", " ")  # SentencePiece's word marker (decode() would strip it)
+        else:
+            text = self.tokenizer.decode([token], skip_special_tokens=False)
+        return text, text.encode("utf-8")
+
+    def _prompt_ids(self, conv: Conversation, fmt: str, length: str | None = None) -> list[int]:
+        enc = self._encoders.get(fmt)
+        if enc is None:
+            raise ValueError(f"{self.name}: the tokenizer has no ChatML tokens; use a roleplay prompt")
+        return enc.prompt_ids(conv, length=length)
+
+    def _text_ids(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return ([self.tokenizer.bos_token_id] if self.add_bos else []) + ids
+
+
+class Engine(TokenizerEngine):
+    """transformers: a model folder or hub id, optionally with a peft adapter on top."""
+
+    def __init__(self, model, tokenizer, *, name: str = "model", max_batch_size: int = 16,
+                 context_window: int | None = None, add_bos: bool | None = None, prefix_cache_mb: float = 1024):
+        self.model = model.eval()
+        # KV of recent prompts and replies reused across requests (infer/prefix_cache.py); 0 turns it off.
+        self.prefix_cache = PrefixCache(prefix_cache_mb) if prefix_cache_mb > 0 else None
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.device = next(model.parameters()).device
+        self.context_window = context_window or int(getattr(model.config, "max_position_embeddings", 2048))
+        self._use_tokenizer(tokenizer, model.generation_config.eos_token_id, add_bos)
 
     @classmethod
     def load(cls, path: str | Path, *, adapter: str | Path | None = None, device: str | None = None,
@@ -232,24 +271,6 @@ class Engine(BaseEngine):
     def serving_threads(self, reserved_cores: int | None) -> CPUThreads | None:
         return CPUThreads.reserving(reserved_cores) if self.device.type == "cpu" else None
 
-    def grammar_tokenizer(self):
-        return self.tokenizer
-
-    @property
-    def bos_id(self) -> int | None:
-        return self.tokenizer.bos_token_id
-
-    def token_piece(self, token: int) -> tuple[str, bytes]:
-        piece = self.tokenizer.convert_ids_to_tokens(token)
-        if isinstance(piece, str) and is_byte_token(piece):
-            raw = bytes([int(piece[3:5], 16)])
-            return raw.decode("utf-8", "replace"), raw
-        if isinstance(piece, str) and "\u2581" in piece and token not in self.tokenizer.all_special_ids:
-            text = piece.replace("\u2581", " ")  # SentencePiece's word marker (decode() would strip it)
-        else:
-            text = self.tokenizer.decode([token], skip_special_tokens=False)
-        return text, text.encode("utf-8")
-
     @torch.inference_mode()
     def prompt_logprobs(self, ids: list[int], top: int) -> list:
         from openhermes.infer.sequence import TokenLogprob
@@ -267,13 +288,3 @@ class Engine(BaseEngine):
     @property
     def vocab_size(self) -> int:
         return self.model.get_output_embeddings().weight.shape[0]
-
-    def _prompt_ids(self, conv: Conversation, fmt: str, length: str | None = None) -> list[int]:
-        enc = self._encoders.get(fmt)
-        if enc is None:
-            raise ValueError(f"{self.name}: the tokenizer has no ChatML tokens; use a roleplay prompt")
-        return enc.prompt_ids(conv, length=length)
-
-    def _text_ids(self, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        return ([self.tokenizer.bos_token_id] if self.add_bos else []) + ids

@@ -169,7 +169,11 @@ class Sequence:
             self._find_stop(searched)
 
     def finish_cancelled(self) -> None:
-        self.finish_reason = "cancelled"
+        self.finish("cancelled")
+
+    def finish(self, reason: str) -> None:
+        """End here for a reason the engine knows ("cancelled"; "length" at an engine's own limit)."""
+        self.finish_reason = reason
         self._decode(final=True)
         self._emit()
 

@@ -17,10 +17,8 @@ class StructuredOutputError(ValueError):
     """A response_format that cannot be turned into a grammar."""
 
 
-def grammar_for(response_format: dict) -> str | None:
-    """The llguidance grammar for an OpenAI `response_format`; None for {"type": "text"}."""
-    import llguidance
-
+def schema_for(response_format: dict) -> dict | None:
+    """The JSON schema an OpenAI `response_format` asks for; None for {"type": "text"}."""
     kind = response_format.get("type")
     if kind in (None, "text"):
         return None
@@ -33,6 +31,16 @@ def grammar_for(response_format: dict) -> str | None:
         schema = spec.get("schema") or {"type": "object"}
     else:
         raise StructuredOutputError(f"response_format type {kind!r}: use text, json_object or json_schema")
+    return schema
+
+
+def grammar_for(response_format: dict) -> str | None:
+    """The llguidance grammar for an OpenAI `response_format`; None for {"type": "text"}."""
+    import llguidance
+
+    schema = schema_for(response_format)
+    if schema is None:
+        return None
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
         error = llguidance.LLMatcher.validate_grammar(grammar)
@@ -95,4 +103,12 @@ def make_grammar(response_format: dict | None, hf_tokenizer, vocab_size: int) ->
         return None
     grammar = grammar_for(response_format)
     return Grammar(grammar, hf_tokenizer, vocab_size) if grammar is not None else None
+
+
+class SchemaConstraint:
+    """A checked response_format for an engine with its own grammar backend (vLLM's): the schema."""
+
+    def __init__(self, response_format: dict):
+        grammar_for(response_format)  # the same checks and errors as the other engines
+        self.schema = schema_for(response_format)
 

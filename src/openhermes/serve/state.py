@@ -92,7 +92,12 @@ class ServerState:
             if outside:
                 raise APIError(400, f"{param}: token id {outside[0]} is outside the vocabulary (0 to "
                                     f"{self.engine.vocab_size - 1})", param=param, code="invalid_value")
-        return self.sampling(body)
+        params = self.sampling(body)
+        try:
+            self.engine.check_params(params)
+        except ValueError as e:  # a setting this engine cannot compute as asked: refused, never changed
+            raise APIError(400, str(e), param=getattr(e, "field", None), code="unsupported_parameter") from None
+        return params
 
     def check_text_size(self, texts: Iterable[str], body, param: str) -> int:
         """Refuse, before tokenizing, a prompt whose text is longer than the context window could hold at the
