@@ -131,6 +131,53 @@ def wider_model_folder(tokenizer_folder: Path, out: Path, hidden: int = 512, lay
     return out
 
 
+def mistral_tokenizer_folder(out: Path, vocab_size: int = 32000) -> Path:
+    """A tokenizer of Mistral-7B's size and layout for a 7B-shaped model with random weights: the embedded
+    default's BPE (model/tiny.py: <unk> <s> </s>, 256 byte tokens, merges) with `vocab_size` tokens, learned from
+    Python's own sources and docs (text of every kind that is on any machine), plus OpenHermes 2.5's two ChatML
+    tokens and template: 32,002 tokens, as OpenHermes 2.5's."""
+    import sysconfig
+
+    from transformers import PreTrainedTokenizerFast
+
+    from openhermes.model.load import load_tokenizer
+    from openhermes.model.tiny import train_tokenizer
+
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py"))
+    texts = (f.read_text(encoding="utf-8", errors="replace") for f in files)
+    base = PreTrainedTokenizerFast(tokenizer_object=train_tokenizer(texts, vocab_size), bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>")
+    base.save_pretrained(out / "base")
+    tok = load_tokenizer(out / "base", "chatml")
+    tok.save_pretrained(out)
+    return out
+
+
+def mistral_7b_folder(tokenizer_folder: Path, out: Path, lm_head_scale: float = 10.0) -> Path:
+    """Mistral-7B's shape (OpenHermes 2.5's config: 32 layers, hidden 4096, 32 query / 8 KV heads, MLP 14336, the
+    tokenizer's vocabulary) with random weights in bf16, made on the GPU. lm_head is scaled up (`lm_head_scale`)
+    so that greedy choices have margins bf16 rounding in two engines' different kernels does not flip, as a trained
+    model's have; speed does not depend on the weights."""
+    import torch
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_folder)
+    config = MistralConfig(vocab_size=len(tok), hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                           num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768,
+                           rope_theta=10000.0, sliding_window=None, tie_word_embeddings=False,
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = MistralForCausalLM(config).to(torch.bfloat16)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(lm_head_scale)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
 def cpu_model_and_flags() -> tuple[str, list[str]]:
     """The CPU's model name and its vector instruction sets (AVX2, AVX-512, AMX): README figures name them."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
@@ -146,24 +193,25 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(folder: Path, *serve_args: str) -> Iterator[str]:
+def running_server(folder: Path, *serve_args: str, ready_s: float = 120) -> Iterator[str]:
     """A real `openhermes serve FOLDER` process on a free loopback port, ready (its /health answers);
     yields its URL and stops it afterwards."""
     port = free_port()
     with running_process([sys.executable, "-m", "openhermes.cli", "serve", str(folder), "--port", str(port),
-                          *serve_args], port) as url:
+                          *serve_args], port, ready_s) as url:
         yield url
 
 
 @contextmanager
-def running_process(cmd: list[str], port: int) -> Iterator[str]:
-    """A server command listening on loopback `port`, ready (its /health answers 200); yields its URL."""
+def running_process(cmd: list[str], port: int, ready_s: float = 120) -> Iterator[str]:
+    """A server command listening on loopback `port`, ready within `ready_s` (its /health answers 200); yields
+    its URL."""
     import httpx
 
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(cmd, env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
     try:
-        for _ in range(600):
+        for _ in range(int(ready_s / 0.2)):
             if server.poll() is not None:
                 raise SystemExit(f"{cmd[0]} exited with {server.returncode}")
             try:
@@ -175,7 +223,11 @@ def running_process(cmd: list[str], port: int) -> Iterator[str]:
         yield url
     finally:
         server.terminate()
-        server.wait(10)
+        try:
+            server.wait(60)  # vLLM's server takes a while to free the GPU
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 # The simulated users' HTTP client. They share the machine's cores with the server they measure; aiohttp parses

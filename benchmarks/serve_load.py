@@ -14,9 +14,16 @@ figures measure the HTTP path; a bigger model's step is mostly its weights' work
 what batching shares. The clients are one aiohttp session in this process (`--client httpx`: the openai
 package's library, twice the CPU time per streamed token on the cores the server needs).
 
+`--engine vllm` (a CUDA GPU and the vllm extra) measures, one server at a time on the same GPU and model: our
+torch engine, our server with `--engine vllm`, and with `--vllm-serve` vLLM's own `vllm serve`; `--check-greedy N`
+first sends N greedy requests to each and counts the replies equal to our torch engine's. `--mistral-7b TOKENIZER`
+serves a Mistral-7B-shaped model with random weights (made on the GPU, _common.mistral_7b_folder) with that
+tokenizer folder. `--requests-alone N` sends N requests one at a time (default: --requests).
+
     python benchmarks/serve_load.py [--model runs/tiny/model] [--clients 8] [--requests 32] [--tokens 64]
                                     [--engine torch|llama.cpp] [--llama-server PATH] [--wider] [--repeats N]
                                     [--client aiohttp|httpx] [--stream-interval N]
+                                    [--engine vllm [--vllm-serve] [--mistral-7b TOKENIZER] [--check-greedy N]]
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import asyncio
 import itertools
 import json
 import statistics
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -37,6 +45,7 @@ from _common import (
     embedded_model_folder,
     free_port,
     http_client,
+    mistral_7b_folder,
     running_process,
     running_server,
     stream_lines,
@@ -104,10 +113,63 @@ def summary(name: str, results: list[dict], wall: float) -> float:
 def measure(url: str, args, label: str, keepalive: bool = True) -> tuple[float, float]:
     """(one-at-a-time tok/s, concurrent tok/s) against a ready server."""
     asyncio.run(run(url, 2, 1, 8, keepalive, args.client))  # warm-up
-    seq = summary(f"{label}, 1 client", *asyncio.run(run(url, args.requests, 1, args.tokens, keepalive, args.client)))
+    alone = args.requests_alone or args.requests
+    seq = summary(f"{label}, 1 client", *asyncio.run(run(url, alone, 1, args.tokens, keepalive, args.client)))
     con = summary(f"{label}, {args.clients} clients", *asyncio.run(run(url, args.requests, args.clients,
                                                                            args.tokens, keepalive, args.client)))
     return seq, con
+
+
+async def greedy_replies(url: str, n: int, tokens: int = 32) -> list[str]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async def one(i: int) -> str:
+            body = {"messages": [{"role": "user", "content": f"Greedy check {i}: tell me a story."}],
+                    "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
+            async with session.post(url + "/v1/chat/completions", json=body) as r:
+                if r.status != 200:
+                    raise SystemExit(f"{url}: greedy request {i} answered {r.status}: {await r.text()}")
+                return (await r.json())["choices"][0]["message"]["content"]
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def compare_vllm(folder: Path, args) -> None:
+    """Our torch engine, our server on vLLM, and vLLM's own server, one after another on the same GPU."""
+    batch = str(max(16, args.clients))
+    servers = [("openhermes torch", lambda: running_server(folder, "--device", "cuda", "--max-batch-size", batch,
+                                                           ready_s=300)),
+               ("openhermes vllm", lambda: running_server(folder, "--engine", "vllm", "--max-batch-size", batch,
+                                                          "--gpu-memory-utilization", "0.85", ready_s=900))]
+    if args.vllm_serve:
+        port = free_port()
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder), "--port", str(port),
+               "--gpu-memory-utilization", "0.85", "--max-num-seqs", batch, "--enable-prefix-caching", "--dtype", "bfloat16"]
+        servers.append(("vllm serve", lambda: running_process(cmd, port, ready_s=900)))
+    figures, replies = {}, {}
+    for label, start in servers:
+        t0 = time.perf_counter()
+        with start() as url:
+            print(f"{label}: ready in {time.perf_counter() - t0:.0f} s", flush=True)
+            if args.check_greedy:
+                replies[label] = asyncio.run(greedy_replies(url, args.check_greedy))
+            figures[label] = measure(url, args, label)
+    if replies:
+        ref = replies["openhermes torch"]
+        for label, got in replies.items():
+            same = sum(a == b for a, b in zip(ref, got, strict=True))
+            print(f"greedy replies equal to our torch engine's: {label} {same}/{len(ref)}")
+        if len(replies) > 2:
+            same = sum(a == b for a, b in zip(replies["openhermes vllm"], replies["vllm serve"], strict=True))
+            print(f"greedy replies, our vllm engine vs vllm serve: {same}/{len(ref)}")
+    torch_seq, torch_con = figures["openhermes torch"]
+    ours_seq, ours_con = figures["openhermes vllm"]
+    print(f"openhermes vllm vs openhermes torch: 1 client {ours_seq / torch_seq:.2f}x, {args.clients} clients "
+          f"{ours_con / torch_con:.2f}x tok/s")
+    if "vllm serve" in figures:
+        ref_seq, ref_con = figures["vllm serve"]
+        print(f"openhermes vllm vs vllm serve: 1 client {ours_seq / ref_seq:.2f}x, {args.clients} clients "
+              f"{ours_con / ref_con:.2f}x tok/s")
 
 
 def main() -> None:
@@ -116,7 +178,12 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--engine", choices=["torch", "llama.cpp"], default="torch")
+    ap.add_argument("--engine", choices=["torch", "llama.cpp", "vllm"], default="torch")
+    ap.add_argument("--vllm-serve", action="store_true", help="with --engine vllm: also vLLM's own server")
+    ap.add_argument("--mistral-7b", type=Path, metavar="TOKENIZER",
+                    help="a Mistral-7B-shaped model with random weights and this tokenizer folder (a CUDA GPU)")
+    ap.add_argument("--check-greedy", type=int, default=0, help="with --engine vllm: greedy replies compared")
+    ap.add_argument("--requests-alone", type=int, default=0, help="requests sent one at a time (default: --requests)")
     ap.add_argument("--llama-server", type=Path, help="llama.cpp's llama-server binary (with --engine llama.cpp)")
     ap.add_argument("--wider", action="store_true", help="a ~160M-parameter random Mistral-shaped model")
     ap.add_argument("--client", choices=CLIENTS, default="aiohttp",
@@ -132,9 +199,17 @@ def main() -> None:
         folder = embedded_model_folder(args.model, Path(tmp))
         if args.wider:
             folder = wider_model_folder(folder, Path(tmp) / "wider", hidden=1024, layers=12)
+        if args.mistral_7b:
+            folder = mistral_7b_folder(args.mistral_7b, Path(tmp) / "mistral-7b")
         print(f"CPU: {name} ({' '.join(flags)}), {threads} threads; model {folder}; {args.requests} requests x "
               f"{args.tokens} tokens (greedy, eos ignored); client {args.client}; our --stream-interval "
               f"{args.stream_interval}")
+        if args.engine == "vllm":
+            import torch
+
+            print(f"GPU: {torch.cuda.get_device_name()}")
+            compare_vllm(folder, args)
+            return
         if args.engine == "torch":
             with running_server(folder, "--max-batch-size", str(max(16, args.clients)), *interval) as url:
                 seq, con = measure(url, args, "openhermes torch")

@@ -26,7 +26,7 @@ if [ -n "$extra" ] && [ ! -d .vllm-cpu/vllm ]; then
   # vLLM's wheel wants a CUDA build of torch; on a CPU its Python side (SamplingParams, the logits-processor
   # interface) imports against ours, so the --engine vllm mapping and processor tests run from this folder,
   # outside .venv (tests/infer/test_vllm_*.py add it to sys.path). Without it those tests skip.
-  .venv/bin/pip install -q --no-deps --no-compile --target .vllm-cpu "vllm==0.28.0" msgspec cbor2 pyzmq \
+  .venv/bin/pip install -q --no-deps --no-compile --target .vllm-cpu "vllm==0.26.0" msgspec cbor2 pyzmq \
     openai-harmony pybase64 cachetools uvloop || echo "setup: vLLM's Python side did not install; vLLM tests will skip" >&2
 fi
 if ! command -v bwrap >/dev/null 2>&1; then

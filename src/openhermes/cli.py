@@ -362,7 +362,8 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
     sock = _listening_socket(host, port)  # before the model loads: a busy port is one line, at once
     runner = _engine(model, adapter, device, engine, prefix_cache_mb=prefix_cache_mb, parallel=parallel,
                      ctx_size=ctx_size, threads=threads,
-                     gpu=_gpu(tensor_parallel_size, gpu_memory_utilization, max_model_len))
+                     gpu=_gpu(tensor_parallel_size, gpu_memory_utilization, max_model_len)
+                     | {"max_batch_size": max_batch_size})
     runner.name = model_name or model or "openhermes-tiny"
     console.print(f"serving {runner.name} on http://{host}:{port}/ (API at /v1, metrics at /metrics)")
     batch = runner.max_batch_size if engine == "llama.cpp" else max_batch_size

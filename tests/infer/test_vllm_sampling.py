@@ -1,7 +1,7 @@
 """--engine vllm's sampling, checked against vLLM's own code on a CPU.
 
 vLLM's wheel wants a CUDA torch, but its Python side imports against ours: scripts/setup.sh --dev
-puts vLLM 0.28 in .vllm-cpu/ (outside .venv), and these tests add it to sys.path. They check that every
+puts vLLM 0.26 in .vllm-cpu/ (outside .venv), and these tests add it to sys.path. They check that every
 one of our settings reaches vLLM (field by field), and that the distribution vLLM would draw from, built
 from vLLM's own sampler pieces in vLLM's order (logit bias and min_tokens, custom logits processors,
 penalties, temperature, min-p, top-k/top-p) with our processor in its place, is ours.
@@ -50,7 +50,7 @@ CPU = torch.device("cpu")
 
 
 def vllm_distribution(requests: list[tuple[object, list[int], list[int]]], logits: torch.Tensor) -> torch.Tensor:
-    """What vLLM 0.28's sampler (v1/sample/sampler.py) draws from, row by row, for (SamplingParams, prompt ids,
+    """What vLLM 0.26's sampler (v1/sample/sampler.py) draws from, row by row, for (SamplingParams, prompt ids,
     output ids) rows: its built-in processors and ours through a real BatchUpdate, its penalty, temperature,
     min-p and top-k/top-p code. A greedy row is one-hot on its argmax."""
     added = [(i, sp, prompt, out) for i, (sp, prompt, out) in enumerate(requests)]
@@ -238,15 +238,17 @@ def test_request_fields_reach_vllm():
 
 
 def test_ignore_eos_bans_the_stop_tokens_in_vllm_too():
-    """Ours bans them (llama.cpp's and text-generation-webui's ban_eos_token); vLLM's ignore_eos would let
-    them be drawn, and its logit bias stops at -100, so the ban runs in our processor."""
-    req = GenerationRequest([4, 5], SamplingParams(temperature=1.0), ignore_eos=True)
+    """Ours bans them (llama.cpp's and text-generation-webui's ban_eos_token); vLLM's ignore_eos alone would let
+    them be drawn, so its min_tokens bans them for the whole reply."""
+    req = GenerationRequest([4, 5], SamplingParams(temperature=1.0), max_new_tokens=30, ignore_eos=True)
     sp = to_vllm(req, STOPS)
-    assert sp.stop_token_ids == [] and sp.extra_args[EXTRA_KEY]["bans"] == sorted(STOPS)
+    assert sp.min_tokens == sp.max_tokens == 30 and set(sp.stop_token_ids) == STOPS and sp.extra_args is None
     logits = torch.zeros(1, VOCAB)
     logits[0, 2] = 50.0  # a stop token the model is sure of
-    dist = vllm_distribution([(sp, [4, 5], [])], logits)[0]
-    assert dist[2] == 0 and dist[90] == 0 and math.isclose(float(dist.sum()), 1.0, rel_tol=1e-5)
+    dist = vllm_distribution([(sp, [4, 5], [7] * 29)], logits)[0]  # the last token of the reply too
+    ours = our_distribution(req.params, [4, 5], [7] * 29, logits[0], banned=sorted(STOPS))
+    torch.testing.assert_close(dist, ours)
+    assert dist[2] == 0 and dist[90] == 0
 
 
 def test_min_tokens_is_vllms_and_bans_like_ours():

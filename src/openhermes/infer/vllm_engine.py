@@ -44,7 +44,8 @@ def require_vllm() -> None:
 class VllmEngine(TokenizerEngine):
     def __init__(self, model: str | Path, *, name: str | None = None, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, max_batch_size: int = 256,
-                 add_bos: bool | None = None, enforce_eager: bool = False, seed: int = 0):
+                 add_bos: bool | None = None, enforce_eager: bool = False, seed: int = 0, dtype: str = "bfloat16"):
+        """dtype: bf16 by default, as the torch engine loads a model on a GPU (an fp32 folder too)."""
         require_vllm()
         from transformers import AutoTokenizer, GenerationConfig
         from vllm.engine.arg_utils import EngineArgs
@@ -60,7 +61,7 @@ class VllmEngine(TokenizerEngine):
             eos = None
         args = EngineArgs(model=path, tokenizer=path, tensor_parallel_size=tensor_parallel_size,
                           gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                          max_num_seqs=max_batch_size, enable_prefix_caching=True, enforce_eager=enforce_eager,
+                          max_num_seqs=max_batch_size, enable_prefix_caching=True, enforce_eager=enforce_eager, dtype=dtype,
                           logits_processors=[OpenHermesSampling], seed=seed, logprobs_mode="raw_logprobs")
         self.llm = LLMEngine.from_engine_args(args)
         self.name = name or Path(path).name

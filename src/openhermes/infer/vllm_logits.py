@@ -29,7 +29,7 @@ class RowSampler:
         if self.sampler is None:
             self.sampler = Sampler(our_params(s["params"]), device=logits.device,
                                    breaker_ids=frozenset(s.get("breaker_ids", ())), prompt_ids=prompt_ids)
-        scores = self.sampler.process([*prompt_ids, *output_ids], logits, s.get("bans") or None)
+        scores = self.sampler.process([*prompt_ids, *output_ids], logits)
         if torch.isposinf(scores).any():  # the limit of an overflowed distribution is its argmax (sampling.py)
             top = scores.argmax()
             scores = torch.full_like(scores, float("-inf"))

@@ -1,6 +1,6 @@
 """Our request settings as vLLM's SamplingParams (`--engine vllm`).
 
-vLLM's sampler (v1/sample/sampler.py, 0.28) runs: its logits processors (logit bias, min_tokens, then
+vLLM's sampler (v1/sample/sampler.py, 0.26-0.28) runs: its logits processors (logit bias, min_tokens, then
 custom ones), repetition/frequency/presence penalties, temperature, min-p, top-k and top-p, the draw.
 A request goes to vLLM's own kernels when they compute what ours compute (SamplingParams in the
 card's terms, infer/sampling.py); otherwise our whole sampler chain runs as one vLLM logits processor
@@ -14,7 +14,9 @@ Where the meanings differ, and so the processor runs:
   filters to the untempered distribution (`temperature_last`), top-p before min-p;
 - TFS, typical, top-a, XTC, DRY, epsilon/eta cutoffs, smoothing, encoder repetition penalty, no-repeat
   n-grams: vLLM has none of them;
-- a ban (logit bias -inf; `ignore_eos`, which bans the stop tokens): vLLM clamps a bias to -100.
+- a ban (logit bias -inf): vLLM clamps a bias to -100.
+`ignore_eos` bans the stop tokens in ours (llama.cpp's rule); vLLM's min_tokens bans them until that many tokens,
+so ignore_eos becomes min_tokens = max_tokens, the same ban for the whole reply, in vLLM's own kernels.
 Mirostat needs the draw itself (its target moves with the surprise of each drawn token), which a
 logits processor does not see: it is refused (UnsupportedSampler) rather than changed.
 """
@@ -50,9 +52,9 @@ def check(params: OurParams) -> None:
                                  "(use the torch or llama.cpp engine, or another sampler)")
 
 
-def runs_natively(params: OurParams, ignore_eos: bool = False) -> bool:
+def runs_natively(params: OurParams) -> bool:
     """Whether vLLM's own sampler computes this request's distribution as ours does."""
-    if ignore_eos or any(bias == float("-inf") for _, bias in params.logit_bias):
+    if any(bias == float("-inf") for _, bias in params.logit_bias):
         return False
     if any(getattr(params, name) != off for name, off in _OURS_ONLY.items()):
         return False
@@ -77,16 +79,15 @@ def to_vllm(request: GenerationRequest, stop_ids: frozenset[int], *, breaker_ids
     check(p)
     stops = sorted(stop_ids)
     common = dict(
-        n=1, max_tokens=request.max_new_tokens, min_tokens=request.min_tokens, seed=p.seed,
-        stop_token_ids=[] if request.ignore_eos else stops,
-        ignore_eos=request.ignore_eos, logprobs=request.logprobs, detokenize=False,
+        n=1, max_tokens=request.max_new_tokens, seed=p.seed, stop_token_ids=stops, ignore_eos=request.ignore_eos,
+        min_tokens=request.max_new_tokens if request.ignore_eos else min(request.min_tokens, request.max_new_tokens),
+        logprobs=request.logprobs, detokenize=False,
         skip_special_tokens=request.skip_special_tokens, output_kind=RequestOutputKind.DELTA,
     )
     schema = getattr(request.constraint, "schema", None)
     if schema is not None:  # vLLM's own grammar backend (llguidance, as ours), same whitespace rule
         common["structured_outputs"] = StructuredOutputsParams(json=schema, disable_any_whitespace=True)
-    bans = {t: float("-inf") for t in stops} if request.ignore_eos else {}  # ignore_eos bans them, as ours
-    if runs_natively(p, request.ignore_eos):
+    if runs_natively(p):
         bias = dict(p.logit_bias)
         return SamplingParams(temperature=p.temperature, top_k=p.top_k if p.top_k > 0 else 0, top_p=p.top_p,
                               min_p=p.min_p, repetition_penalty=p.repetition_penalty, logit_bias=bias or None,
@@ -94,7 +95,7 @@ def to_vllm(request: GenerationRequest, stop_ids: frozenset[int], *, breaker_ids
     settings = asdict(p)
     settings["logit_bias"] = [list(pair) for pair in p.logit_bias]
     settings["dry_sequence_breakers"] = list(p.dry_sequence_breakers)
-    extra = {EXTRA_KEY: {"params": settings, "breaker_ids": sorted(breaker_ids), "bans": sorted(bans)}}
+    extra = {EXTRA_KEY: {"params": settings, "breaker_ids": sorted(breaker_ids)}}
     return SamplingParams(temperature=0.0 if p.greedy else 1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
                           extra_args=extra, **common)
 
