@@ -40,3 +40,18 @@ def test_prepare_then_inspect(tmp_path, tiny_base):
 def test_unknown_recipe_key_is_a_clear_error():
     out = run("data", "prepare", "tiny", "--set", "sequnce_len=10")
     assert out.returncode == 2 and "did you mean 'sequence_len'" in out.stderr
+
+
+@pytest.mark.parametrize("cmd", [["serve"], ["generate", "--input", "x.jsonl", "--output", "y.jsonl"], ["chat"],
+                                 ["eval", "--suite", "gpt4all"]])
+def test_engine_vllm_without_vllm_or_a_gpu_says_so_before_loading(cmd, tmp_path):
+    """Here (CI) .venv has no vLLM and PyTorch sees no GPU: one line naming what is missing, and the
+    embedded default is not trained first."""
+    (tmp_path / "x.jsonl").write_text('{"prompt": "hi"}\n')
+    env = os.environ | {"OPENHERMES_CACHE": str(tmp_path / "cache")}
+    args = [*cmd, "--engine", "vllm"] + (["--port", "0"] if cmd == ["serve"] else [])
+    proc = subprocess.run([sys.executable, "-m", "openhermes.cli", *args], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # openhermes's usage-error code
+    assert "vLLM" in proc.stderr and ("GPU" in proc.stderr) and "training the embedded default" not in proc.stdout
+    assert not (tmp_path / "runs").exists()
