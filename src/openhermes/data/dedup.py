@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import xxhash
 
+from openhermes.data.disk_strings import DiskStrings
 from openhermes.data.tokenize import Sample
 
 MIN_GRAMS = 8  # fewer token 3-grams than this: too short for a meaningful similarity, exact match only
@@ -132,7 +133,7 @@ class Deduplicator:
             self.bands = list(lsh.hashranges)
         self.exact = FirstSeen()
         self.buckets = FirstSeen()  # every band's keys, each band hashed with its own seed
-        self.names: list[str] = []  # where each id's sample came from, for the report
+        self.names = DiskStrings()  # where each id's sample came from, for the report (on disk)
 
     @property
     def near(self) -> bool:

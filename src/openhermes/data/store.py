@@ -1,9 +1,10 @@
 """The kept samples of a preparation, on disk: memory does not grow with the data set.
 
 Token ids (int32) and a trained flag per token (uint8) are appended to two files as samples come; in memory
-each sample keeps only its length, trained-token count, data set and arrangement (a dozen bytes) and where it
-came from. Reads go through `os.pread`, not a memory map, so the pages read stay in the page cache (which the
-kernel reclaims) rather than in the process's resident memory.
+each sample keeps only its length, trained-token count, data set and arrangement (a dozen bytes) and the offset
+of where it came from, whose text is on disk too (disk_strings.py). Reads go through `os.pread`, not a memory
+map, so the pages read stay in the page cache (which the kernel reclaims) rather than in the process's resident
+memory.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from openhermes.data.disk_strings import DiskStrings
 from openhermes.data.tokenize import IGNORE, Sample
 
 
@@ -27,7 +29,7 @@ class SampleStore:
         self.starts = array("q", [0])  # token offset of each sample, and the end
         self.set_index = array("H")  # which data set: an index into self.sets
         self.variant_index = array("H")  # LimaRP arrangement copy: an index into self.variants (0 = the row)
-        self.wheres: list[str] = []
+        self.wheres = DiskStrings(folder)  # where each sample came from, on disk
         self.sets: list[str] = []
         self.variants: list[str] = [""]
         self._numbers: dict[tuple[str, str], int] = {("variant", ""): 0}
@@ -79,3 +81,4 @@ class SampleStore:
     def close(self) -> None:
         self._ids.close()
         self._trained.close()
+        self.wheres.close()
