@@ -347,6 +347,10 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
                                                     "VLLM_CPU_NUM_OF_RESERVED_CPU: a step's threads wait for each "
                                                     "other, so one the server preempts stalls them all. Default: 1 "
                                                     "on 4 or more cores, 0 (every core) on fewer."),
+          truncate: str = typer.Option("none", help="none: a chat over the context window is a 400 (OpenAI's "
+                                       "rule); keep-system: its oldest turns after the system message are dropped "
+                                       "until it fits, as SillyTavern and text-generation-webui do, and the "
+                                       "response says how many tokens (usage.truncated_prompt_tokens, a header)."),
           max_body_mb: float = typer.Option(4, min=0.01, help="Largest request body in MB; a larger one is answered "
                                             "413 before it is read (a prompt that cannot fit the context window "
                                             "is refused before it is tokenized, whatever its size)."),
@@ -359,6 +363,8 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
 
     from openhermes.serve.app import create_app
 
+    if truncate not in ("none", "keep-system"):
+        _fail(f"--truncate {truncate!r}: choose none or keep-system")
     sock = _listening_socket(host, port)  # before the model loads: a busy port is one line, at once
     runner = _engine(model, adapter, device, engine, prefix_cache_mb=prefix_cache_mb, parallel=parallel,
                      ctx_size=ctx_size, threads=threads,
@@ -369,7 +375,7 @@ def serve(model: str | None = typer.Argument(None, help=MODEL_HELP),
     batch = runner.max_batch_size if engine == "llama.cpp" else max_batch_size
     app_ = create_app(runner, api_key=api_key, max_batch_size=batch, max_queue=max_queue,
                       stream_interval=stream_interval, reserved_cores=reserved_cores, max_body_mb=max_body_mb,
-                      stall_seconds=stall_seconds, strict_model_name=strict_model_name)
+                      stall_seconds=stall_seconds, strict_model_name=strict_model_name, truncate=truncate)
     uvicorn.Server(uvicorn.Config(app_, log_level="warning")).run(sockets=[sock])
 
 

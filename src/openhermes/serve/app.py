@@ -23,17 +23,22 @@ from openhermes.serve.state import ServerState
 
 def create_app(engine: BaseEngine, *, api_key: str | None = None, max_batch_size: int = 16,
                max_queue: int = 64, stream_interval: int = 1, reserved_cores: int | None = None,
-               max_body_mb: float = 4, stall_seconds: float = 120, strict_model_name: bool = False) -> FastAPI:
+               max_body_mb: float = 4, stall_seconds: float = 120, strict_model_name: bool = False,
+               truncate: str = "none") -> FastAPI:
     """`stream_interval`: text deltas per streamed chunk after the first, which is sent at once (SGLang's and
     vLLM's `--stream-interval`): fewer chunks cost the HTTP side less, which on a small CPU shares the cores and
     the interpreter with decoding. `reserved_cores`: CPU cores decode steps leave to the HTTP side (torch engine on
     a CPU; None: infer/threads.py's default). `max_body_mb`: larger request bodies are answered 413 before they are
     read. `stall_seconds`: /health answers 503 when the scheduler has had work and made no step for this long.
-    `strict_model_name`: a request naming a model other than the engine's is a 404 (else any name is served)."""
+    `strict_model_name`: a request naming a model other than the engine's is a 404 (else any name is served).
+    `truncate`: "keep-system" drops a chat's oldest turns after its system message until it fits the window (else
+    such a chat is OpenAI's 400)."""
     if stream_interval < 1:
         raise ValueError("stream_interval must be at least 1")
+    if truncate not in ("none", "keep-system"):
+        raise ValueError(f"truncate={truncate!r}: none or keep-system")
     state = ServerState(engine, api_key=api_key, stream_interval=stream_interval, stall_seconds=stall_seconds,
-                        strict_model_name=strict_model_name)
+                        strict_model_name=strict_model_name, truncate=truncate)
     engine.max_token_bytes  # noqa: B018 (computed once now, not on a client's first request)
 
     @asynccontextmanager

@@ -28,23 +28,57 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
         size = state.check_text_size([m.content for m in messages] + (
             [rp.char_name, rp.user_name, rp.char_persona, rp.user_persona, rp.scenario] if rp else []), body, "messages")
         if rp is not None:
-            ids = await state.tokenized(size, lambda: engine.roleplay_prompt(
-                Roleplay(rp.char_name, rp.user_name, rp.char_persona, rp.user_persona, rp.scenario), messages,
-                rp.length, check=False))
+            block = Roleplay(rp.char_name, rp.user_name, rp.char_persona, rp.user_persona, rp.scenario)
+
+            def encode(ms: list[Message]) -> list[int]:
+                return engine.roleplay_prompt(block, ms, rp.length, check=False)
         else:
-            ids = await state.tokenized(size, lambda: engine.chat_prompt(messages, check=False))
+            def encode(ms: list[Message]) -> list[int]:
+                return engine.chat_prompt(ms, check=False)
+        ids = await state.tokenized(size, lambda: encode(messages))
+    asked = body.max_completion_tokens or body.max_tokens
+    if state.truncate == "keep-system" and not body.truncation_length and len(ids) + (asked or 1) > engine.context_window:
+        ids = await state.tokenized(size, lambda: _drop_oldest_turns(messages, encode, ids, body, asked,
+                                                                     engine.context_window, keep_first=rp is None))
     stops = body.stop_strings()
     if body.roleplay is not None:
         from openhermes.formats import limarp
 
         stops = (*stops, *limarp.STOP_STRINGS, f"\n{body.roleplay.user_name}:")
-    asked = body.max_completion_tokens or body.max_tokens
     if asked == 0:
         raise APIError(400, "max_tokens must be at least 1", param="max_tokens", code="invalid_value")
     ids = state.fitted(ids, body, asked, "messages")
     limit = asked if asked is not None else engine.context_window
     gens = await state.request_choices(body, ids, params, limit, stops, body.logprobs_k())
     return await run(state, request, gens, body, "chat")
+
+
+def _drop_oldest_turns(messages: list[Message], encode, ids: list[int], body, reply: int | None, window: int,
+                       keep_first: bool) -> list[int]:
+    """serve --truncate keep-system: the prompt without the fewest oldest turns that makes it fit with the reply,
+    keeping the system message (ChatML's first message when it is one; the roleplay block is outside the
+    messages) and the last message whole. Found by bisection: the prompt's length falls as turns are dropped.
+    Too long even then: left as it is, for the window check's 400."""
+    head = messages[:1] if keep_first and messages[0].role == "system" else []
+    turns = messages[len(head):]
+
+    def fits(n: int) -> list[int] | None:
+        candidate = encode(head + turns[n:])
+        return candidate if len(candidate) + (reply or 1) <= window else None
+
+    best = fits(len(turns) - 1)
+    if best is None or len(turns) < 2:
+        return ids
+    lo, hi = 0, len(turns) - 1  # hi fits; find the fewest dropped turns that fit
+    while lo < hi:
+        mid = (lo + hi) // 2
+        found = fits(mid)
+        if found is not None:
+            hi, best = mid, found
+        else:
+            lo = mid + 1
+    body.note_truncated(len(ids) - len(best), f"serve --truncate keep-system ({hi} oldest turns)")
+    return best
 
 
 @router.post("/v1/completions")

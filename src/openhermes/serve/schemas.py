@@ -151,6 +151,7 @@ class SamplingFields(BaseModel):
     logit_bias: Annotated[list[tuple[int, float]], Field(max_length=1024)] | None = None
     min_tokens: Annotated[int, Field(ge=0)] | None = None
     truncation_length: Annotated[int, Field(ge=1)] | None = None
+    truncate_prompt_tokens: Annotated[int, Field(ge=-1)] | None = None  # vLLM's: keep the last k (-1: what fits)
     add_bos_token: bool | None = None
     skip_special_tokens: bool = True
     stop: str | Annotated[list[str], Field(max_length=64)] | None = None
@@ -176,7 +177,7 @@ class SamplingFields(BaseModel):
     guidance_scale: Float | None = None
 
     _notes: list[str] = PrivateAttr(default_factory=list)
-    _truncated: int = PrivateAttr(default=0)  # prompt tokens dropped by truncation_length (all prompts)
+    _truncated: int = PrivateAttr(default=0)  # prompt tokens dropped to fit (all prompts)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -201,10 +202,11 @@ class SamplingFields(BaseModel):
                 log.warning("request field %r is not used by this server; ignored (logged once)", name)
         return names
 
-    def note_truncated(self, tokens: int) -> None:
-        """truncation_length cut this many tokens from the start of a prompt: said in the log and the response."""
+    def note_truncated(self, tokens: int, why: str) -> None:
+        """`why` (truncation_length, truncate_prompt_tokens, serve --truncate) dropped this many prompt tokens:
+        said in the log and the response."""
         self._truncated += tokens
-        log.warning("truncation_length %d: dropped the first %d prompt tokens", self.truncation_length, tokens)
+        log.warning("%s: dropped %d prompt tokens", why, tokens)
 
     @property
     def truncated_tokens(self) -> int:

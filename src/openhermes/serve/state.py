@@ -29,6 +29,7 @@ class ServerState:
     stream_interval: int = 1
     stall_seconds: float = 120  # /health is 503 when the scheduler has work and made no step for this long
     strict_model_name: bool = False  # True: a request naming another model is a 404 (OpenAI's, vLLM's rule)
+    truncate: str = "none"  # "keep-system": a chat over the window drops its oldest turns after the system message
     metrics: Metrics = field(default_factory=Metrics)
     scheduler: Scheduler | None = None  # made in the app's lifespan, on its event loop
     mailbox: Mailbox | None = None
@@ -106,7 +107,7 @@ class ServerState:
         engine = self.engine
         limit = engine.context_window * engine.max_token_bytes
         size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
-        if size > limit and not body.truncation_length:
+        if size > limit and not (body.truncation_length or body.truncate_prompt_tokens or self.truncate != "none"):
             raise APIError(400, f"the prompt is {size} bytes of text: more than this model's context window of "
                                 f"{engine.context_window} tokens can hold (its tokens are at most "
                                 f"{engine.max_token_bytes} bytes, so at most {limit} bytes); it was not tokenized",
@@ -143,7 +144,15 @@ class ServerState:
                 head = ids[:1] if bos is not None and ids[:1] == [bos] else []  # BOS stays first
                 cut = len(ids) - keep
                 ids = head + ids[cut + len(head):]
-                body.note_truncated(cut)
+                body.note_truncated(cut, "truncation_length")
+        keep = body.truncate_prompt_tokens
+        if keep == -1:  # vLLM's: as many as the window holds with the reply
+            keep = engine.context_window - (reply or 1)
+        if keep is not None and len(ids) > keep > 0:
+            head = ids[:1] if bos is not None and ids[:1] == [bos] and keep > 1 else []
+            cut = len(ids) - keep
+            ids = head + ids[cut + len(head):]
+            body.note_truncated(cut, "truncate_prompt_tokens")
         with prompt_errors(param):
             engine._checked(ids)
         return ids
