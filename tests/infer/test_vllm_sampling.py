@@ -121,6 +121,7 @@ OURS = [
     dict(temperature=1.0, no_repeat_ngram_size=2), dict(temperature=1.0, logit_bias=((3, float("-inf")), (4, 2.0))),
     dict(temperature=0.9, repetition_penalty=1.1, repeat_last_n=8),
     dict(temperature=1.0, dry_multiplier=0.8, dry_allowed_length=1),
+    dict(temperature=0.7, min_p=0.1, top_k=30, sampler_order=("min_p", "temperature", "top_k")),
 ]
 
 
@@ -189,7 +190,7 @@ FIELDS = {
     "mirostat_eta": (0.2, "native"), "logit_bias": (((4, 1.5),), "native"), "epsilon_cutoff": (3.0, "ours"),
     "eta_cutoff": (3.0, "ours"), "smoothing_factor": (0.3, "ours"), "smoothing_curve": (2.0, "native"),
     "temperature_last": (False, "native"), "encoder_repetition_penalty": (1.2, "ours"),
-    "no_repeat_ngram_size": (3, "ours"),
+    "no_repeat_ngram_size": (3, "ours"), "sampler_order": (("temperature", "top_k"), "ours"),
 }
 VLLM_NAMES = {"temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed"}
 
@@ -220,7 +221,7 @@ def test_field_reaches_vllm(name):
     else:
         assert ours is not None
         sent = ours["params"][name]
-        assert sent == value or math.isclose(sent, value)
+        assert sent == (list(value) if isinstance(value, tuple) else value) or math.isclose(sent, value)
         assert (sp.temperature, sp.top_k, sp.top_p, sp.min_p, sp.repetition_penalty) == (1.0, 0, 1.0, 0.0, 1.0)
         assert (sp.presence_penalty, sp.frequency_penalty, sp.logit_bias) == (0.0, 0.0, None)
 

@@ -80,3 +80,50 @@ def test_the_new_settings_are_checked():
                          ("no_repeat_ngram_size", -1), ("encoder_repetition_penalty", 0.0), ("temperature_last", 1)):
         with pytest.raises(ValueError, match=field):
             SamplingParams(**{field: value})
+
+
+def _warpers_in_order(names, logits, temperature=2.0, top_p=0.8, min_p=0.3, top_k=4):
+    """text-generation-webui's rule for sampler_priority: transformers' warpers, each applied in the listed order."""
+    from transformers.generation import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    make = {"temperature": TemperatureLogitsWarper(temperature), "top_p": TopPLogitsWarper(top_p),
+            "min_p": MinPLogitsWarper(min_p), "top_k": TopKLogitsWarper(top_k)}
+    scores = logits[None, :].clone()
+    for name in names:
+        scores = make[name](None, scores)
+    return scores[0]
+
+
+@pytest.mark.parametrize("order", [("temperature", "top_p", "min_p", "top_k"), ("min_p", "top_p", "temperature", "top_k"),
+                                   ("top_k", "min_p", "temperature", "top_p"), ("top_p", "temperature", "top_k", "min_p")])
+def test_a_sampler_order_applies_the_samplers_in_that_order(order):
+    params = SamplingParams(temperature=2.0, top_p=0.8, min_p=0.3, top_k=4, sampler_order=order)
+    got = Sampler(params).process([1], LOGITS.clone())
+    assert torch.equal(got, _warpers_in_order(order, LOGITS))
+
+
+def test_orders_differ_where_the_samplers_do_not_commute():
+    a = Sampler(SamplingParams(temperature=2.0, min_p=0.2, sampler_order=("temperature", "min_p"))).process([1], LOGITS)
+    b = Sampler(SamplingParams(temperature=2.0, min_p=0.2, sampler_order=("min_p", "temperature"))).process([1], LOGITS)
+    assert finite(a) != finite(b)
+
+
+def test_an_order_that_leaves_out_the_penalties_keeps_them_first():
+    """llama.cpp's `samplers` often omits "penalties"; an order only moves the samplers it names."""
+    params = SamplingParams(temperature=2.0, repetition_penalty=1.5, sampler_order=("temperature",))
+    default = SamplingParams(temperature=2.0, repetition_penalty=1.5)
+    assert torch.equal(Sampler(params).process([0, 1], LOGITS), Sampler(default).process([0, 1], LOGITS))
+
+
+def test_the_default_order_is_the_documented_one():
+    from openhermes.infer.sampling import STAGES, stage_order
+
+    assert stage_order(SamplingParams()) == STAGES
+    early = stage_order(SamplingParams(temperature_last=False))
+    assert early.index("temperature") < early.index("top_k") and early.index("quadratic_sampling") < early.index("top_k")
+
+
+@pytest.mark.parametrize("order", [("top_k", "beam"), ("top_k", "top_k")])
+def test_a_bad_order_is_refused(order):
+    with pytest.raises(ValueError, match="sampler_order"):
+        SamplingParams(sampler_order=order)

@@ -12,7 +12,9 @@ Order (llama.cpp's, SPEC §4, with the steps text-generation-webui and KoboldCpp
  6. Mirostat v2 (when on, it replaces step 4's truncations, as in llama.cpp and text-generation-webui)
  7. the grammar mask of structured output (response_format), then the draw from the request's own
     seeded generator. Temperature 0 is greedy (argmax after steps 1-3 and the mask).
-Filters therefore see the untempered distribution.
+Filters therefore see the untempered distribution. A request's `sampler_order` (text-generation-webui's
+`sampler_priority`, llama.cpp's `samplers`, KoboldCpp's `sampler_order`) reorders the stages of steps 2-5 that it
+names among their own places in this order (STAGES); the others keep theirs.
 
 transformers' warpers are used where they compute the same thing (top-k, top-p, min-p,
 typical, epsilon, eta, temperature, repetition penalty, encoder repetition penalty, no-repeat n-grams: the ones
@@ -44,6 +46,15 @@ ORDER = ("logit_bias", "repetition_penalty", "presence_penalty", "frequency_pena
          "no_repeat_ngram", "dry", "top_k", "tfs", "typical_p", "top_p", "epsilon_cutoff", "eta_cutoff", "min_p",
          "top_a", "xtc", "temperature", "quadratic_sampling", "mirostat", "grammar")
 DRY_BREAKERS = ("\n", ":", "\"", "*")  # text-generation-webui's and SillyTavern's default sequence breakers
+# Steps 2-5 one by one, in the default order (temperature_last), under text-generation-webui's sampler names.
+PENALTIES = ("repetition_penalty", "presence_penalty", "frequency_penalty", "encoder_repetition_penalty",
+             "no_repeat_ngram", "dry")
+TRUNCATIONS = ("top_k", "tfs", "typical_p", "top_p", "epsilon_cutoff", "eta_cutoff", "min_p", "top_a", "xtc")
+TEMPERATURE = ("temperature", "quadratic_sampling")
+STAGES = PENALTIES + TRUNCATIONS + TEMPERATURE
+# Names other servers' orders carry for samplers this server does not have (their settings are ignored fields)
+# or places it does not move (Mirostat replaces the truncations): accepted in an order, without effect.
+UNMOVED = ("dynamic_temperature", "top_n_sigma", "mirostat")
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,7 @@ class SamplingParams:
     temperature_last: bool = True  # False: temperature and smoothing before the truncation samplers
     encoder_repetition_penalty: float = 1.0  # 1 = off; > 1 favours the prompt's tokens
     no_repeat_ngram_size: int = 0  # 0 = off
+    sampler_order: tuple[str, ...] = ()  # STAGES names, reordered among their places; () = the default order
 
     def __post_init__(self) -> None:
         for f in fields(self):  # JSON gives 2 for 2.0: store floats as floats (transformers' warpers insist)
@@ -127,6 +139,13 @@ class SamplingParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not ok or not math.isfinite(value):
                 raise ValueError(f"{name}={value!r} is out of range ({_RANGES[name]})")
+        order = tuple(self.sampler_order)
+        unknown = [n for n in order if not isinstance(n, str) or n not in STAGES + UNMOVED]
+        if unknown:
+            raise ValueError(f"sampler_order: unknown sampler {unknown[0]!r}; known: {', '.join(STAGES + UNMOVED)}")
+        if len(set(order)) != len(order):
+            raise ValueError("sampler_order names a sampler twice")
+        object.__setattr__(self, "sampler_order", order)
         if not all(isinstance(b, str) for b in self.dry_sequence_breakers):
             raise ValueError("dry_sequence_breakers must be strings")
         object.__setattr__(self, "dry_sequence_breakers", tuple(self.dry_sequence_breakers))
@@ -315,24 +334,25 @@ class Sampler:
         self.breakers = breaker_ids
         self.mirostat = p.mirostat_mode == 2
         self.mu = 2 * p.mirostat_tau  # Mirostat's running surprise target
-        warpers: list = []
+        warpers: dict = {}
         if not self.mirostat:  # Mirostat replaces the truncation samplers
             if p.top_k > 0:
-                warpers.append(TopKLogitsWarper(p.top_k))
+                warpers["top_k"] = TopKLogitsWarper(p.top_k)
             if p.tfs < 1:
-                warpers.append(TailFreeLogitsWarper(p.tfs, webui=tfs_webui))
+                warpers["tfs"] = TailFreeLogitsWarper(p.tfs, webui=tfs_webui)
             if p.typical_p < 1:
-                warpers.append(TypicalLogitsWarper(p.typical_p))
+                warpers["typical_p"] = TypicalLogitsWarper(p.typical_p)
             if p.top_p < 1:
-                warpers.append(TopPLogitsWarper(p.top_p))
+                warpers["top_p"] = TopPLogitsWarper(p.top_p)
             if p.epsilon_cutoff > 0:  # text-generation-webui's units, 1e-4
-                warpers.append(EpsilonLogitsWarper(p.epsilon_cutoff * 1e-4))
+                warpers["epsilon_cutoff"] = EpsilonLogitsWarper(p.epsilon_cutoff * 1e-4)
             if p.eta_cutoff > 0:
-                warpers.append(EtaLogitsWarper(p.eta_cutoff * 1e-4, device=device))
+                warpers["eta_cutoff"] = EtaLogitsWarper(p.eta_cutoff * 1e-4, device=device)
             if p.min_p > 0:
-                warpers.append(MinPLogitsWarper(p.min_p))
+                warpers["min_p"] = MinPLogitsWarper(p.min_p)
         self.warpers = warpers
         self.temperature = TemperatureLogitsWarper(p.temperature) if not p.greedy and p.temperature != 1 else None
+        self.order = stage_order(p)
 
     @property
     def needs_context(self) -> bool:
@@ -363,56 +383,69 @@ class Sampler:
                                                        device=scores.device), float("-inf"))
         return scores
 
-    def _penalised(self, context, scores: torch.Tensor) -> torch.Tensor:
+    def _stage(self, name: str, context, scores: torch.Tensor, cache: dict) -> torch.Tensor:
+        """One stage of steps 2-5 on one row (a no-op when its setting is off)."""
         p = self.params
-        if self.repetition is not None or p.presence_penalty or p.frequency_penalty:
-            window = self.window(context, scores.device)
-            if self.repetition is not None:
-                scores = self.repetition(window[None, :], scores[None, :])[0]
-            if p.presence_penalty or p.frequency_penalty:
-                scores = presence_frequency(window, scores, p.presence_penalty, p.frequency_penalty)
-        if self.encoder_repetition is not None:
-            scores = self.encoder_repetition(None, scores[None, :])[0]
-        if self.no_repeat is not None:  # n-grams of the whole context, prompt included (transformers' rule)
+        if name in ("repetition_penalty", "presence_penalty", "frequency_penalty"):
+            if "window" not in cache:
+                cache["window"] = self.window(context, scores.device)
+            window = cache["window"]
+            if name == "repetition_penalty":
+                return self.repetition(window[None, :], scores[None, :])[0] if self.repetition is not None else scores
+            if name == "presence_penalty":
+                return presence_frequency(window, scores, p.presence_penalty, 0.0) if p.presence_penalty else scores
+            return presence_frequency(window, scores, 0.0, p.frequency_penalty) if p.frequency_penalty else scores
+        if name == "encoder_repetition_penalty":
+            return self.encoder_repetition(None, scores[None, :])[0] if self.encoder_repetition is not None else scores
+        if name == "no_repeat_ngram":  # n-grams of the whole context, prompt included (transformers' rule)
+            if self.no_repeat is None:
+                return scores
             ids = torch.as_tensor(context, dtype=torch.long, device=scores.device)
-            scores = self.no_repeat(ids[None, :], scores[None, :])[0]
-        if p.dry_multiplier > 0:
+            return self.no_repeat(ids[None, :], scores[None, :])[0]
+        if name == "dry":
+            if p.dry_multiplier <= 0:
+                return scores
             n = p.dry_penalty_last_n
             recent = context if n <= 0 else context[-n:]
             recent = recent.tolist() if isinstance(recent, torch.Tensor) else list(recent)
-            scores = dry_penalty(recent, scores, p.dry_multiplier, p.dry_base, p.dry_allowed_length, self.breakers)
+            return dry_penalty(recent, scores, p.dry_multiplier, p.dry_base, p.dry_allowed_length, self.breakers)
+        if name in self.warpers:  # the warpers here read only the scores
+            return self.warpers[name](_NO_IDS, scores[None, :])[0]
+        if name == "top_a":
+            return top_a(scores, p.top_a) if p.top_a > 0 and not self.mirostat else scores
+        if name == "xtc":
+            if p.xtc_probability > 0 and not self.mirostat:
+                return xtc(scores, p.xtc_threshold, p.xtc_probability, self.generator)
+            return scores
+        if name == "temperature":
+            return self.temperature(_NO_IDS, scores[None, :])[0] if self.temperature is not None else scores
+        if name == "quadratic_sampling":
+            return quadratic_smoothing(scores, p.smoothing_factor, p.smoothing_curve) if p.smoothing_factor > 0 \
+                else scores
+        return scores  # a truncation that is off
+
+    def _chain(self, context, scores: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+        cache: dict = {}
+        for name in names:
+            scores = self._stage(name, context, scores, cache)
         return scores
 
     def process(self, context: Sequence[int] | torch.Tensor, scores: torch.Tensor, banned: Sequence[int] | None = None,
                 mask=None) -> torch.Tensor:
-        """All processors, in ORDER, on one row: context (T,) token ids, scores (V,) -> (V,).
+        """All processors, in order, on one row: context (T,) token ids, scores (V,) -> (V,).
         `banned`: token ids removed first (the stop tokens before min_tokens); `mask`: the grammar's."""
-        scores = self._penalised(context, self._biased(scores.float(), banned))
-        if self.params.greedy or _overflowed(scores):
-            return scores if mask is None else _masked(mask, scores, scores)
-        penalised = scores
-        no_ids = scores.new_zeros((1, 0), dtype=torch.long)  # the warpers here read only the scores
-        if not self.params.temperature_last:  # text-generation-webui's default order: the filters see it tempered
-            scores = penalised = self._tempered(no_ids, scores)
-        scores = scores[None, :]
-        for w in self.warpers:
-            scores = w(no_ids, scores)
-        scores = scores[0]
-        if self.params.top_a > 0 and not self.mirostat:
-            scores = top_a(scores, self.params.top_a)
-        if self.params.xtc_probability > 0 and not self.mirostat:
-            scores = xtc(scores, self.params.xtc_threshold, self.params.xtc_probability, self.generator)
-        if self.params.temperature_last:
-            scores, penalised = self._tempered(no_ids, scores), self._tempered(no_ids, penalised)
-        return scores if mask is None else _masked(mask, scores, penalised)
-
-    def _tempered(self, no_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """Temperature, then quadratic smoothing (text-generation-webui's order of the two)."""
-        if self.temperature is not None:
-            scores = self.temperature(no_ids, scores[None, :])[0]
-        if self.params.smoothing_factor > 0:
-            scores = quadratic_smoothing(scores, self.params.smoothing_factor, self.params.smoothing_curve)
-        return scores
+        biased = self._biased(scores.float(), banned)
+        if self.params.greedy:  # the argmax of the penalised scores: temperature and the filters cannot move it
+            scores = self._chain(context, biased, [n for n in self.order if n in PENALTIES])
+            return scores if mask is None else _masked(mask, scores, lambda: scores)
+        lead = next((i for i, n in enumerate(self.order) if n not in PENALTIES), len(self.order))
+        penalised = self._chain(context, biased, self.order[:lead])
+        if _overflowed(penalised):  # the draw takes its argmax; the filters would make NaNs of the +inf
+            return penalised if mask is None else _masked(mask, penalised, lambda: penalised)
+        rest = self.order[lead:]
+        out = self._chain(context, penalised, rest)
+        untruncated = [n for n in rest if n not in TRUNCATIONS]
+        return out if mask is None else _masked(mask, out, lambda: self._chain(context, penalised, untruncated))
 
     def __call__(self, context: Sequence[int] | torch.Tensor, scores: torch.Tensor, banned: Sequence[int] | None = None,
                  mask=None) -> int:
@@ -436,13 +469,27 @@ class Sampler:
         return int(order[idx])
 
 
-def _masked(mask, scores: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+def _masked(mask, scores: torch.Tensor, fallback) -> torch.Tensor:
     """The grammar's mask after the other samplers; if they left no allowed token, the mask over the
-    penalised (untruncated) scores instead, as llama.cpp resamples with the grammar applied first."""
+    penalised (untruncated) scores, `fallback()`, instead, as llama.cpp resamples with the grammar applied first."""
     out = mask(scores)
     if torch.isinf(out).all():
-        out = mask(fallback)
+        out = mask(fallback())
     return out
+
+
+_NO_IDS = torch.zeros((1, 0), dtype=torch.long)  # transformers' warpers take input ids; these read only the scores
+
+
+def stage_order(params: SamplingParams) -> tuple[str, ...]:
+    """The stages of steps 2-5 in the order this request runs them. The default is STAGES (temperature last);
+    `temperature_last: false` puts temperature and smoothing before the truncations. A `sampler_order` reorders
+    the stages it names among the places those stages have in that order (so an order that leaves out the
+    penalties, as llama.cpp's often does, still has them first); unnamed stages keep their places."""
+    base = list(STAGES) if params.temperature_last else list(PENALTIES + TEMPERATURE + TRUNCATIONS)
+    named = [n for n in params.sampler_order if n in STAGES]
+    slots = iter(named)
+    return tuple(next(slots) if n in named else n for n in base)
 
 
 def _overflowed(scores: torch.Tensor) -> bool:

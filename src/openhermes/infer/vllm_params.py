@@ -14,7 +14,8 @@ Where the meanings differ, and so the processor runs:
   filters to the untempered distribution (`temperature_last`), top-p before min-p;
 - TFS, typical, top-a, XTC, DRY, epsilon/eta cutoffs, smoothing, encoder repetition penalty, no-repeat
   n-grams: vLLM has none of them;
-- a ban (logit bias -inf): vLLM clamps a bias to -100.
+- a ban (logit bias -inf): vLLM clamps a bias to -100;
+- a sampler order of the request's own (`sampler_order`): vLLM's is fixed.
 `ignore_eos` bans the stop tokens in ours (llama.cpp's rule); vLLM's min_tokens bans them until that many tokens,
 so ignore_eos becomes min_tokens = max_tokens, the same ban for the whole reply, in vLLM's own kernels.
 Mirostat needs the draw itself (its target moves with the surprise of each drawn token), which a
@@ -54,7 +55,7 @@ def check(params: OurParams) -> None:
 
 def runs_natively(params: OurParams) -> bool:
     """Whether vLLM's own sampler computes this request's distribution as ours does."""
-    if any(bias == float("-inf") for _, bias in params.logit_bias):
+    if any(bias == float("-inf") for _, bias in params.logit_bias) or params.sampler_order:
         return False
     if any(getattr(params, name) != off for name, off in _OURS_ONLY.items()):
         return False
@@ -95,6 +96,7 @@ def to_vllm(request: GenerationRequest, stop_ids: frozenset[int], *, breaker_ids
     settings = asdict(p)
     settings["logit_bias"] = [list(pair) for pair in p.logit_bias]
     settings["dry_sequence_breakers"] = list(p.dry_sequence_breakers)
+    settings["sampler_order"] = list(p.sampler_order)
     extra = {EXTRA_KEY: {"params": settings, "breaker_ids": sorted(breaker_ids)}}
     return SamplingParams(temperature=0.0 if p.greedy else 1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
                           extra_args=extra, **common)
@@ -105,4 +107,5 @@ def our_params(settings: dict) -> OurParams:
     settings = dict(settings)
     settings["logit_bias"] = tuple((int(t), float(b)) for t, b in settings.get("logit_bias", ()))
     settings["dry_sequence_breakers"] = tuple(settings.get("dry_sequence_breakers", ()))
+    settings["sampler_order"] = tuple(settings.get("sampler_order", ()))
     return OurParams(**settings)

@@ -46,7 +46,16 @@ SPELLINGS: dict[str, tuple[str, ...]] = {
     "min_tokens": ("min_tokens", "min_length"),  # the second: text-generation-webui's
     "response_format": ("response_format", "json_schema"),
     "truncation_length": ("truncation_length", "max_context_length"),  # the second: KoboldCpp's
+    # the sampler order: text-generation-webui's names, llama.cpp's names, KoboldCpp's numbers
+    "sampler_order": ("sampler_order", "sampler_priority", "samplers"),
 }
+# llama.cpp's sampler names (common/sampling.cpp) and KoboldCpp's sampler numbers, as ours (sampling.STAGES)
+LLAMACPP_SAMPLERS = {"penalties": ("repetition_penalty", "presence_penalty", "frequency_penalty"), "dry": ("dry",),
+                     "top_k": ("top_k",), "typ_p": ("typical_p",), "typical_p": ("typical_p",), "top_p": ("top_p",),
+                     "min_p": ("min_p",), "xtc": ("xtc",), "temperature": ("temperature",), "temp": ("temperature",),
+                     "tfs_z": ("tfs",), "top_n_sigma": ("top_n_sigma",), "infill": ()}
+KOBOLD_SAMPLERS = {0: "top_k", 1: "top_a", 2: "top_p", 3: "tfs", 4: "typical_p", 5: "temperature",
+                   6: "repetition_penalty"}
 _warned: set[str] = set()
 
 
@@ -58,11 +67,32 @@ def _normalise(name: str, value: Any) -> Any:
         return 0  # -1 = the whole context (llama.cpp); ours is 0
     if name == "top_k" and value == -1:
         return 0  # -1 = off (vLLM's; SillyTavern sends it for its vLLM type)
+    if name in ("sampler_order", "sampler_priority", "samplers"):
+        return _sampler_order(value)
     if name == "json_schema":  # llama.cpp's bare schema (SillyTavern sends {} when there is none)
         if isinstance(value, str):
             value = json.loads(value) if value.strip() else None
         return {"type": "json_schema", "json_schema": {"name": "schema", "schema": value}} if value else None
     return value
+
+
+def _sampler_order(value: Any) -> Any:
+    """A sampler order in our names (sampling.STAGES): KoboldCpp's numbers, llama.cpp's names (a list, or one
+    string split by ';' or ','), or text-generation-webui's (a list, or lines). Anything else is left for the
+    field's check (a 400)."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.replace(";", "\n").replace(",", "\n").splitlines() if v.strip()]
+    if not isinstance(value, list) or not value:
+        return value or None
+    out: list = []
+    for v in value:
+        if isinstance(v, int) and not isinstance(v, bool):
+            out.append(KOBOLD_SAMPLERS.get(v, f"KoboldCpp sampler {v}"))
+        elif isinstance(v, str):
+            out.extend(LLAMACPP_SAMPLERS.get(v, (v,)))  # text-generation-webui's names are ours
+        else:
+            out.append(v)
+    return list(dict.fromkeys(out))
 
 
 def _resolve_spellings(data: dict) -> tuple[dict, list[str]]:
@@ -171,6 +201,7 @@ class SamplingFields(BaseModel):
     smoothing_curve: Annotated[Float, Field(ge=1, le=10)] | None = None
     encoder_repetition_penalty: Annotated[Float, Field(gt=0, le=10)] | None = None
     no_repeat_ngram_size: Annotated[int, Field(ge=0, le=100)] | None = None
+    sampler_order: Annotated[list[str], Field(max_length=64)] | None = None
     custom_token_bans: str | list[int] | None = None  # "12, 345" (text-generation-webui) or ids
     num_beams: Annotated[int, Field(ge=1)] | None = None
     penalty_alpha: Annotated[Float, Field(ge=0)] | None = None
@@ -231,6 +262,12 @@ class SamplingFields(BaseModel):
             out["logit_bias"] = tuple(self.logit_bias or ()) + bans
         if self.do_sample is False:
             out["temperature"] = 0.0
+        if self.sampler_order:
+            order = list(self.sampler_order)
+            if self.temperature_last:  # text-generation-webui moves them last, after the order it was given
+                moved = [n for n in order if n in ("temperature", "dynamic_temperature", "quadratic_sampling")]
+                order = [n for n in order if n not in moved] + (moved or ["temperature", "quadratic_sampling"])
+            out["sampler_order"] = tuple(order)
         return out
 
     def token_bans(self) -> list[int]:
