@@ -73,6 +73,7 @@ class VllmEngine(TokenizerEngine):
         self._ids = itertools.count()
         self._lock = threading.Lock()  # one caller steps vLLM at a time
         self._outputs: dict[str, list] = defaultdict(list)  # outputs stepped out, by request id, not yet read
+        self._live: set[str] = set()  # submitted, neither finished nor aborted
 
     @property
     def vocab_size(self) -> int:
@@ -98,19 +99,28 @@ class VllmEngine(TokenizerEngine):
         rid = f"oh-{next(self._ids)}"
         with self._lock:
             self.llm.add_request(rid, TokensPrompt(prompt_token_ids=list(ids)), params)
+            self._live.add(rid)
         return rid
 
     def abort(self, rids: list[str]) -> None:
         with self._lock:
-            self.llm.abort_request(rids)
+            self.llm.abort_request(list(rids))
             for rid in rids:
+                self._live.discard(rid)
                 self._outputs.pop(rid, None)
+
+    def abort_all(self) -> None:
+        """Every request still in vLLM (a new batch after a failed step owns none of them)."""
+        self.abort(list(self._live))
 
     def step(self) -> None:
         with self._lock:
             if self.llm.has_unfinished_requests():
                 for out in self.llm.step():
-                    self._outputs[out.request_id].append(out)
+                    if out.request_id in self._live:  # not one aborted since
+                        self._outputs[out.request_id].append(out)
+                        if out.finished:
+                            self._live.discard(out.request_id)
 
     def take(self, rid: str) -> list:
         with self._lock:
@@ -146,6 +156,7 @@ class VllmBatch:
 
     def __init__(self, engine: VllmEngine):
         self.engine = engine
+        engine.abort_all()  # the scheduler's restart after a failure: what vLLM still holds is no one's
         self.running: dict[str, Sequence] = {}
 
     @property
