@@ -63,12 +63,20 @@ class VllmEngine(TokenizerEngine):
                           gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                           max_num_seqs=max_batch_size, enable_prefix_caching=True, enforce_eager=enforce_eager, dtype=dtype,
                           logits_processors=[OpenHermesSampling], seed=seed, logprobs_mode="raw_logprobs")
-        self.llm = LLMEngine.from_engine_args(args)
-        self.name = name or Path(path).name
-        self.device = "cuda"
+        llm = LLMEngine.from_engine_args(args)
+        self._attach(llm, tokenizer, eos, name=name or Path(path).name, max_batch_size=max_batch_size,
+                     context_window=llm.model_config.max_model_len, vocab_size=llm.model_config.get_vocab_size(),
+                     add_bos=add_bos)
+
+    def _attach(self, llm, tokenizer, eos, *, name: str, max_batch_size: int, context_window: int, vocab_size: int,
+                add_bos: bool | None = None, device: str = "cuda") -> None:
+        """Everything but vLLM's start: `llm` is an LLMEngine (tests on a CPU give a stand-in with its methods)."""
+        self.llm = llm
+        self.name = name
+        self.device = device
         self.max_batch_size = max_batch_size
-        self.context_window = self.llm.model_config.max_model_len
-        self.n_vocab = self.llm.model_config.get_vocab_size()
+        self.context_window = context_window
+        self.n_vocab = vocab_size
         self._use_tokenizer(tokenizer, eos, add_bos)
         self._ids = itertools.count()
         self._lock = threading.Lock()  # one caller steps vLLM at a time
