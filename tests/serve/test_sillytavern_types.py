@@ -222,8 +222,9 @@ def test_key_still_required_on_the_other_servers_routes(server):
     assert API_KEY
 
 
-# The sampler orders SillyTavern sends (public/scripts/textgen-settings.js, 1.12.6): text-generation-webui's
-# default `sampler_priority`, llama.cpp's `samplers`, KoboldCpp's `sampler_order`.
+# Sampler orders in the fields and shapes SillyTavern sends for each type: text-generation-webui's default
+# `sampler_priority` (its names), llama.cpp's `samplers` (its names, list or ';'-joined), KoboldCpp's
+# `sampler_order` (its numbers, default 6,0,1,3,4,2,5).
 WEBUI_PRIORITY = ["repetition_penalty", "presence_penalty", "frequency_penalty", "dry", "temperature",
                   "dynamic_temperature", "quadratic_sampling", "top_n_sigma", "top_k", "top_p", "typical_p",
                   "epsilon_cutoff", "eta_cutoff", "tfs", "top_a", "min_p", "mirostat", "xtc",
