@@ -84,7 +84,16 @@ def train(
     recipe: str = typer.Argument("tiny", help="Recipe file or shipped recipe name; default: the embedded tiny model."),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default: the recipe's output_dir)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in the output folder."),
-    nproc: int = typer.Option(1, min=1, help="Processes (data parallel / FSDP via torchrun)."),
+    nproc: int = typer.Option(1, min=1, help="Processes on this machine (data parallel / FSDP via torchrun)."),
+    nnodes: str = typer.Option("1", help="Machines in the run (torchrun's --nnodes): K, or MIN:MAX for an elastic "
+                               "start with --rdzv-endpoint. Start `openhermes train` on each, with the same recipe."),
+    node_rank: int = typer.Option(0, min=0, help="This machine's place among --nnodes (0 hosts the rendezvous)."),
+    master_addr: str | None = typer.Option(None, help="Node 0's address, which every node reaches."),
+    master_port: int = typer.Option(29500, help="Node 0's rendezvous port."),
+    rdzv_endpoint: str | None = typer.Option(None, help="HOST:PORT of torchrun's c10d rendezvous instead of "
+                                             "--master-addr: node ranks are assigned as nodes join."),
+    rdzv_id: str = typer.Option("openhermes", help="The c10d rendezvous' run id (e.g. $SLURM_JOB_ID)."),
+    join_timeout: float = typer.Option(900, help="Seconds a node waits for node 0 (or the rendezvous) to open."),
     report: bool = typer.Option(True, help="For the tiny default: compare trained and untrained on held-out items."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP),
@@ -97,11 +106,14 @@ def train(
 
     r = _recipe(recipe, set_)
     out_dir = out or Path(r.output_dir)
-    if nproc > 1:
+    from openhermes.train.launch import Nodes
+
+    nodes = Nodes(nnodes, node_rank, master_addr, master_port, rdzv_endpoint, rdzv_id, join_timeout)
+    if nproc > 1 or nodes.several:
         from openhermes.train.launch import launch
 
         try:
-            code = launch(r, recipe, out_dir, list(set_ or []), nproc, resume, overwrite=overwrite)
+            code = launch(r, recipe, out_dir, list(set_ or []), nproc, resume, overwrite=overwrite, nodes=nodes)
         except (ModelLoadError, ValueError, OutputError) as e:
             _fail(str(e))
         raise typer.Exit(code)

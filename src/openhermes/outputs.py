@@ -17,7 +17,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 MARKER = ".openhermes.json"
@@ -134,6 +135,27 @@ def _clean_stale_staging(target: Path) -> None:
     prefix = f".{target.name}{STAGING_TAG}"
     for p in target.parent.glob(f"{prefix}*"):
         _remove(p)
+
+
+@contextmanager
+def folder_lock(target: Path, note_after_s: float = 5) -> Iterator[None]:
+    """An exclusive lock on `target` for a writer that others may race to the same folder (a shared cache):
+    filelock's fcntl lock, which NFS honours, in a file beside the folder. Says once on stderr when it waits."""
+    import sys
+
+    from filelock import FileLock, Timeout
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(target.parent / f".{target.name}.lock"))
+    try:
+        lock.acquire(timeout=note_after_s)
+    except Timeout:
+        print(f"waiting for another process writing {target} (the lock {lock.lock_file})", file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def staging_folder(target: Path) -> Path:

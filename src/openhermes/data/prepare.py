@@ -432,15 +432,18 @@ def prepare(recipe, tokenizer, out_dir: str | Path | None = None, strict: bool =
     paths = [resolve_dataset_path(d.path, cache_dir) for d in recipe.datasets]
     key = cache_key(recipe, tokenizer, paths)
     out = prepared_folder(recipe, key, out_dir, cache_dir)
-    if (out / "key.txt").exists() and (out / "key.txt").read_text().strip() == key:
-        return Prepared(out, key, json.loads((out / "report.json").read_text()), cache_hit=True)
-    outputs.check_folder(out, "prepared-data", overwrite)  # refuse before the work, not after
+    # Two launchers (nodes sharing a dataset_prepared_path, or two runs at once) preparing the same key take
+    # turns: the second finds the first one's folder, and neither clears the other's staging folder.
+    with outputs.folder_lock(out):
+        if (out / "key.txt").exists() and (out / "key.txt").read_text().strip() == key:
+            return Prepared(out, key, json.loads((out / "report.json").read_text()), cache_hit=True)
+        outputs.check_folder(out, "prepared-data", overwrite)  # refuse before the work, not after
 
-    # Everything happens inside the staging folder (outputs.py): the samples spilled to disk on the way are
-    # cleared with it, whatever stops the run, and a full disk is one message.
-    stats: dict = {}
-    outputs.write_folder(out, "prepared-data", lambda tmp: stats.update(
-        _prepare_into(tmp, recipe, tokenizer, paths, key, strict, progress)), overwrite=overwrite)
+        # Everything happens inside the staging folder (outputs.py): the samples spilled to disk on the way are
+        # cleared with it, whatever stops the run, and a full disk is one message.
+        stats: dict = {}
+        outputs.write_folder(out, "prepared-data", lambda tmp: stats.update(
+            _prepare_into(tmp, recipe, tokenizer, paths, key, strict, progress)), overwrite=overwrite)
     return Prepared(out, key, stats, cache_hit=False)
 
 

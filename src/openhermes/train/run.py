@@ -59,8 +59,9 @@ def ensure_base_model(recipe: Recipe, cache: Path = DEFAULT_CACHE) -> str:
     key = xxhash.xxh3_64(json.dumps([settings, vocab, seed, [d.path for d in recipe.datasets], code],
                                     sort_keys=True).encode()).hexdigest()
     out = cache / "tiny-base" / key
-    if not (out / "config.json").exists():
-        tiny.build_base(out, _texts_for_tokenizer(recipe, cache), vocab_size=vocab, seed=seed, **settings)
+    with outputs.folder_lock(out):  # two launchers sharing a cache build it once
+        if not (out / "config.json").exists():
+            tiny.build_base(out, _texts_for_tokenizer(recipe, cache), vocab_size=vocab, seed=seed, **settings)
     return str(out)
 
 
@@ -195,6 +196,10 @@ def build(recipe: Recipe, out_dir: Path, show_progress: bool = True, cache: Path
     # building the whole model in host memory.
     args = training_arguments(recipe, out_dir, steps_per_epoch, eval_every(recipe, steps_per_epoch,
                                                                             "validation" in data))
+    if world > 1:  # the process group is up (the arguments set it up): refuse a disagreeing node before the model
+        from openhermes.train import nodes
+
+        nodes.agree(recipe, out_dir)
     # Seeded here, after everything that may or may not run depending on the cache (building the
     # tiny base draws its weights): the added ChatML rows and all of training then get the same
     # random numbers on a first run and on a cached one.
@@ -270,9 +275,13 @@ def save_final(trainer: Trainer, tokenizer, out_dir: Path, is_adapter: bool, ove
 RUN_ENTRIES = ("log.jsonl", "tensorboard", "loss.png", "model", "adapter", "merged", "demo_report.json", ".staging")
 
 
-def claim_run_folder(out: Path, recipe: Recipe, overwrite: bool = False) -> None:
-    """Refuse a folder holding someone else's files before any work starts (outputs.py)."""
-    outputs.claim_folder(out, "run", overwrite, RUN_ENTRIES)
+def claim_run_folder(out: Path, recipe: Recipe, overwrite: bool = False, claim: bool = True) -> None:
+    """Refuse a folder holding someone else's files before any work starts (outputs.py); with `claim`, mark it
+    as a run's."""
+    if claim:
+        outputs.claim_folder(out, "run", overwrite, RUN_ENTRIES)
+    else:
+        outputs.check_folder(out, "run", overwrite)
     target, kind = final_folder(out, bool(recipe.adapter))
     outputs.check_folder(target, kind, overwrite)
 
@@ -280,6 +289,10 @@ def claim_run_folder(out: Path, recipe: Recipe, overwrite: bool = False) -> None
 def train(recipe: Recipe, out_dir: str | Path | None = None, resume: bool = False, show_progress: bool = True,
           cache: Path = DEFAULT_CACHE, overwrite: bool = False) -> TrainResult:
     cpu_kernels.pin(recipe.cpu_kernels, recipe.bf16)  # first: PyTorch fixes its kernels at the first tensor op
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a rank under torchrun: it ends with its agent, however that ends
+        from openhermes.train.launch import die_with_parent
+
+        die_with_parent()
     out = Path(out_dir or recipe.output_dir)
     if int(os.environ.get("RANK", "0")) == 0:  # several ranks: the launcher has claimed it already
         claim_run_folder(out, recipe, overwrite)
