@@ -17,7 +17,7 @@ from tests.serve.test_clients import sillytavern_body
 from tests.serve.test_sillytavern_types import CARD
 
 CHECKOUT = Path(os.environ.get("OPENHERMES_SILLYTAVERN", "/nonexistent"))
-pytestmark = pytest.mark.skipif(not (CHECKOUT / "server.js").exists() or not (CHECKOUT / "node_modules").exists()
+pytestmark = pytest.mark.skipif(not (CHECKOUT / "server.js").exists() or not any((p / "node_modules").exists() for p in (CHECKOUT, CHECKOUT.parent.parent))
                                 or shutil.which("node") is None,
                                 reason="no SillyTavern checkout (set OPENHERMES_SILLYTAVERN to one with node_modules)")
 TYPES = ("ooba", "llamacpp", "koboldcpp")

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from openhermes.formats import limarp
+from openhermes.infer.sampling import STAGES, UNMOVED
 
 log = logging.getLogger("openhermes.serve")
 Strict = ConfigDict(strict=True, extra="forbid")
@@ -88,8 +89,15 @@ def _sampler_order(value: Any) -> Any:
     for v in value:
         if isinstance(v, int) and not isinstance(v, bool):
             out.append(KOBOLD_SAMPLERS.get(v, f"KoboldCpp sampler {v}"))
-        elif isinstance(v, str):
+        elif isinstance(v, str) and (v in LLAMACPP_SAMPLERS or v in STAGES + UNMOVED):
             out.extend(LLAMACPP_SAMPLERS.get(v, (v,)))  # text-generation-webui's names are ours
+        elif isinstance(v, str):
+            # A sampler this server does not have (SillyTavern 1.19 lists `adaptive_p` in both types' defaults):
+            # llama.cpp's server skips a name it cannot match, text-generation-webui's sorts only the samplers
+            # it has, so the others run in the order given.
+            if f"sampler {v}" not in _warned and len(_warned) < 1000:
+                _warned.add(f"sampler {v}")
+                log.warning("sampler %r in a sampler order is not one this server has; skipped (logged once)", v)
         else:
             out.append(v)
     return list(dict.fromkeys(out))
