@@ -46,6 +46,17 @@ if [ -n "$extra" ] && [ ! -x /usr/bin/chromium ]; then
     echo "setup: /usr/bin/chromium is missing, so the browser test will be skipped (sudo apt-get install chromium)" >&2
   fi
 fi
+if [ -n "$extra" ] && [ ! -f .sillytavern/node_modules/sillytavern/server.js ]; then
+  # SillyTavern's own server and browser UI in front of `openhermes serve` (tests/serve/sillytavern.py): its
+  # release from npm, 1.19.0 (about 40 s and 430 MB). Without node and npm those tests skip.
+  if command -v npm >/dev/null 2>&1; then
+    mkdir -p .sillytavern
+    (cd .sillytavern && npm install --no-audit --no-fund --loglevel=error sillytavern@1.19.0 >/dev/null) \
+      || echo "setup: SillyTavern did not install from npm; its tests will skip" >&2
+  else
+    echo "setup: npm is missing, so the SillyTavern tests will be skipped (sudo apt-get install nodejs npm)" >&2
+  fi
+fi
 if .venv/bin/pip list 2>/dev/null | grep -qi '^nvidia-' && ! command -v nvidia-smi >/dev/null 2>&1; then
   echo "setup: CUDA packages were installed on a machine without a GPU" >&2
   exit 1

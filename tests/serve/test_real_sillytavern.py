@@ -1,25 +1,18 @@
 """A real SillyTavern server (its own node process and request code) between the client and `openhermes serve`, for
-each local text-completion type: connect, count tokens, generate, stream. SillyTavern is not a dependency: point
-OPENHERMES_SILLYTAVERN at a checkout with its node_modules installed (`npm install`); without one this skips."""
+each local text-completion type: connect, count tokens, generate, stream. SillyTavern is not a dependency:
+`scripts/setup.sh --dev` installs its npm release (tests/serve/sillytavern.py); without it this skips."""
 
 import json
-import os
-import shutil
-import subprocess
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.serve.conftest import Server, free_port
+from tests.serve.conftest import Server
+from tests.serve.sillytavern import needs_sillytavern, running_sillytavern
 from tests.serve.test_clients import sillytavern_body
 from tests.serve.test_sillytavern_types import CARD
 
-CHECKOUT = Path(os.environ.get("OPENHERMES_SILLYTAVERN", "/nonexistent"))
-pytestmark = pytest.mark.skipif(not (CHECKOUT / "server.js").exists() or not any((p / "node_modules").exists() for p in (CHECKOUT, CHECKOUT.parent.parent))
-                                or shutil.which("node") is None,
-                                reason="no SillyTavern checkout (set OPENHERMES_SILLYTAVERN to one with node_modules)")
+pytestmark = needs_sillytavern
 TYPES = ("ooba", "llamacpp", "koboldcpp")
 
 
@@ -32,28 +25,9 @@ def backend(chat_model_dir):
 
 @pytest.fixture(scope="module")
 def tavern(tmp_path_factory):
-    port = free_port()
-    data = tmp_path_factory.mktemp("st-data")
-    proc = subprocess.Popen(["node", "server.js", "--port", str(port), "--listen", "false", "--disableCsrf",
-                             "--whitelist", "false", "--dataRoot", str(data)], cwd=CHECKOUT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
-    deadline = time.time() + 180
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError("SillyTavern exited:\n" + proc.stdout.read())
-        try:
-            if client.get("/").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.time() > deadline:
-            proc.kill()
-            raise RuntimeError("SillyTavern did not start in 180 s")
-        time.sleep(0.5)
-    yield client
-    proc.terminate()
-    proc.wait(10)
+    with running_sillytavern(tmp_path_factory.mktemp("st-data")) as url, \
+            httpx.Client(base_url=url, timeout=120) as client:
+        yield client
 
 
 def reply_text(data: dict) -> str:

@@ -16,7 +16,7 @@ import shutil
 from array import array
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -432,9 +432,10 @@ def prepare(recipe, tokenizer, out_dir: str | Path | None = None, strict: bool =
     paths = [resolve_dataset_path(d.path, cache_dir) for d in recipe.datasets]
     key = cache_key(recipe, tokenizer, paths)
     out = prepared_folder(recipe, key, out_dir, cache_dir)
-    # Two launchers (nodes sharing a dataset_prepared_path, or two runs at once) preparing the same key take
-    # turns: the second finds the first one's folder, and neither clears the other's staging folder.
-    with outputs.folder_lock(out):
+    # Two launchers (nodes sharing a dataset_prepared_path or a cache, or two runs at once) preparing the same key
+    # take turns: the second finds the first one's folder, and neither clears the other's staging folder. The lock
+    # file stays beside the key's folder, so only there: an --out folder is the user's to give once.
+    with outputs.folder_lock(out) if out_dir is None else nullcontext():
         if (out / "key.txt").exists() and (out / "key.txt").read_text().strip() == key:
             return Prepared(out, key, json.loads((out / "report.json").read_text()), cache_hit=True)
         outputs.check_folder(out, "prepared-data", overwrite)  # refuse before the work, not after

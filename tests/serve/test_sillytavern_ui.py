@@ -1,0 +1,96 @@
+"""SillyTavern's own browser UI (its npm release, in Debian's chromium through Playwright) chatting with
+`openhermes serve` through each local Text Completion type, as a user sets it up: the persona name on first visit,
+API Connections -> Text Completion -> the type -> the server's URL -> Connect, then a message from the chat box.
+The reference for the reply is the server itself: the body SillyTavern's page sent, sent again straight to
+`/v1/completions` (a fixed seed, set in SillyTavern's sampler panel), gives the text the page shows."""
+
+import json
+import shutil
+
+import httpx
+import pytest
+
+from tests.serve.conftest import Server
+from tests.serve.sillytavern import needs_sillytavern, running_sillytavern
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = [needs_sillytavern, pytest.mark.skipif(shutil.which(CHROMIUM) is None,
+                                                    reason="Debian's chromium is not installed")]
+URL_FIELD = {"ooba": "#textgenerationwebui_api_url_text", "llamacpp": "#llamacpp_api_url_text",
+             "koboldcpp": "#koboldcpp_api_url_text"}
+GENERATE = "/api/backends/text-completions/generate"
+
+
+@pytest.fixture(scope="module")
+def backend(chat_model_dir):
+    s = Server(chat_model_dir)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def tavern(tmp_path_factory):
+    with running_sillytavern(tmp_path_factory.mktemp("st-ui-data")) as url:
+        yield url
+
+
+@pytest.fixture
+def page(tavern):
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60000)
+        page.goto(tavern + "/")
+        # ready: the first visit asks for a persona name; later ones show the welcome chat
+        page.wait_for_function("document.querySelector('dialog.popup textarea')?.offsetParent"
+                               " || (window.SillyTavern && SillyTavern.getContext().chat.length > 0)")
+        persona = page.locator("dialog.popup textarea")
+        if persona.is_visible():
+            persona.fill("Ann")
+            page.locator("dialog.popup").get_by_text("Save", exact=True).click()
+            page.locator("dialog.popup").wait_for(state="detached")
+        yield page
+        browser.close()
+
+
+@pytest.mark.parametrize(("api_type", "streaming"), [("ooba", False), ("llamacpp", True), ("koboldcpp", True)])
+def test_sillytavern_ui_chats_through_each_local_type(page, backend, api_type, streaming):
+    page.click("#API-status-top")
+    page.select_option("#main_api", "textgenerationwebui")
+    page.select_option("#textgen_type", api_type)
+    page.fill(URL_FIELD[api_type], backend.url)
+    page.click("#api_button_textgenerationwebui")
+    # connected: the status line names the model the server reports (serve --model-name)
+    page.wait_for_function("[...document.querySelectorAll('.online_status_text')]"
+                           ".some(e => e.offsetParent && e.textContent.trim() === 'tiny-chat')")
+    page.click("#API-status-top")  # the drawer closes
+
+    # the sampler panel's seed and streaming switch, as its inputs set them
+    page.evaluate("""s => { $('#seed_textgenerationwebui').val(7).trigger('input');
+                            $('#streaming_textgenerationwebui').prop('checked', s).trigger('input'); }""", streaming)
+    sent = []
+    page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith(GENERATE) else None)
+    message = f"Hello there, who are you? ({api_type})"  # one chat goes on over the tests: each its own line
+    page.fill("#send_textarea", message)
+    page.click("#send_but")
+    # SillyTavern's chat array: its welcome messages, then ours, then the reply once generation has ended
+    page.wait_for_function("""message => { const chat = SillyTavern.getContext().chat;
+        const mine = chat.findIndex(m => m.is_user && m.mes === message);
+        return mine >= 0 && chat.slice(mine + 1).some(m => !m.is_user && !m.is_system)
+            && $('#mes_stop').is(':hidden'); }""", arg=message)
+    reply = page.evaluate("""message => { const chat = SillyTavern.getContext().chat;
+        const mine = chat.findIndex(m => m.is_user && m.mes === message);
+        return chat.slice(mine + 1).find(m => !m.is_user && !m.is_system).mes; }""", message)
+    shown = page.locator("#chat .mes").last.locator(".mes_text").inner_text()
+
+    assert len(sent) == 1
+    body = sent[0]
+    assert body["api_type"] == api_type and body["seed"] == 7 and bool(body.get("stream")) == streaming
+    assert body["prompt"].rstrip().endswith(f"Ann: {message}\nAssistant:")
+    direct = httpx.post(backend.url + "/v1/completions", json=body | {"stream": False}, timeout=120)
+    assert direct.status_code == 200, direct.text
+    text = direct.json()["choices"][0]["text"]
+    assert text.strip(), json.dumps(body)[:500]
+    assert reply.strip() == text.strip()
+    assert shown.split()[:3] == text.split()[:3]  # the page shows it (markdown rendering aside)
