@@ -37,10 +37,17 @@ def small_recipe(tmp_path, tiny_base):
 
 
 def kill_when(proc, path, kill, timeout: float = 300) -> None:
-    """Wait until `path` (a checkpoint) exists while the run is still going, then kill it with `kill()`."""
+    """Wait until `path` (a checkpoint) exists while the run is still going, then kill it with `kill()`; every
+    process it started (torchrun, its ranks: torchrun gives each a session of its own) must be gone within 10 s,
+    not train on beside the run that resumes."""
+    import psutil
+
     deadline = time.time() + timeout
     while not path.exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
         time.sleep(0.05)
+    started = psutil.Process(proc.pid).children(recursive=True)
     kill()
     proc.wait()
+    _, alive = psutil.wait_procs(started, timeout=10)
+    assert not alive, f"still running after the kill: {[p.cmdline()[:4] for p in alive]}"

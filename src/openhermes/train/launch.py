@@ -95,21 +95,26 @@ def check_processes(nproc: int, gpus: int) -> None:
                          f"which), or hide the GPUs (CUDA_VISIBLE_DEVICES=) to run {nproc} CPU processes")
 
 
+# Looked up once, at import: die_with_parent also runs between fork and exec, where loading a library could hang.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
     """Have the kernel send `sig` to this process when its parent dies (Linux's PR_SET_PDEATHSIG; elsewhere
     nothing). torchrun starts each rank in a session of its own, so a launcher killed with SIGKILL (the OOM killer,
-    `kill -9`, a scheduler's cleanup) left its ranks training on, writing into the run folder beside a --resume."""
-    if not sys.platform.startswith("linux"):
+    `kill -9`, a scheduler's cleanup) would leave its ranks training on, writing into the run folder beside a
+    --resume."""
+    if _PRCTL is None:
         return
     parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    _PRCTL(1, int(sig), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent was gone before the call took effect
         os.kill(os.getpid(), sig)
 
 
 def wait_for_master(host: str, port: int, timeout_s: float, poll_s: float = 1.0) -> None:
     """Node 0's launcher opens the rendezvous once its own data is prepared, which may take a while; torchrun on
-    another node would wait silently (for good, as measured with an unreachable master). Said and bounded here."""
+    another node waits without a word (over 6 minutes, measured with an unreachable master). Said and bounded here."""
     deadline, told = time.monotonic() + timeout_s, False
     while True:
         try:
