@@ -43,17 +43,24 @@ async def ttft(client, url: str) -> float:
     return time.perf_counter() - start
 
 
-async def probe(client, url: str, pings: int) -> dict:
+async def probe(url: str, pings: int) -> dict:
+    """/health round trips and every 4th a streamed request's time to first token, from a client of its own."""
+    import aiohttp
+
     health, first = [], []
-    for i in range(pings):
-        start = time.perf_counter()
-        async with client.get(url + "/health") as r:
-            assert r.status == 200
-        health.append(time.perf_counter() - start)
-        if i % 4 == 0:
-            first.append(await ttft(client, url))
-        await asyncio.sleep(0.02)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1200)) as client:
+        for i in range(pings):
+            start = time.perf_counter()
+            async with client.get(url + "/health") as r:
+                assert r.status == 200
+            health.append(time.perf_counter() - start)
+            if i % 4 == 0:
+                first.append(await ttft(client, url))
+            await asyncio.sleep(0.02)
     return {"health_p50": statistics.median(health), "health_max": max(health), "ttft": statistics.median(first)}
+
+
+ANSWERS = ("200", "400", "413", "closed")  # what the flooding clients count
 
 
 def flood_client(url: str, body: bytes, route: str, nice: int, stop, counts) -> None:
@@ -79,9 +86,6 @@ def flood_client(url: str, body: bytes, route: str, nice: int, stop, counts) -> 
     asyncio.run(loop())
 
 
-ANSWERS = ("200", "400", "413", "closed")
-
-
 def cpu_seconds(pid: int) -> float:
     import psutil
 
@@ -89,16 +93,9 @@ def cpu_seconds(pid: int) -> float:
     return t.user + t.system
 
 
-async def probe_alone(url: str, pings: int) -> dict:
-    import aiohttp
-
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1200)) as client:
-        return await probe(client, url, pings)
-
-
 def measure(url: str, server_pid: int, kind: str, n: int, mb: float, pings: int, nice: int) -> tuple[dict, dict]:
-    """The probe's figures with `n` flooding clients, the answers they got, and the CPU seconds the server and
-    the flooders used meanwhile."""
+    """The probe's figures with `n` flooding clients, the answers they got, and the CPU the server and the
+    flooders used meanwhile (cores busy: CPU seconds over the probe's wall time)."""
     text = "word " * int(mb * MB / 5)
     prompt = {"prompt": text, "max_tokens": 4}
     if kind == "truncated":
@@ -113,7 +110,7 @@ def measure(url: str, server_pid: int, kind: str, n: int, mb: float, pings: int,
     time.sleep(2.0 if n else 0)  # the clients have started and the big bodies are on their way
     server_before, flood_before = cpu_seconds(server_pid), [cpu_seconds(f.pid) for f in floods]
     start = time.perf_counter()
-    figures = asyncio.run(probe_alone(url, pings))
+    figures = asyncio.run(probe(url, pings))
     wall = time.perf_counter() - start
     figures["server_cpu"] = (cpu_seconds(server_pid) - server_before) / wall
     figures["flood_cpu"] = sum(cpu_seconds(f.pid) - b for f, b in zip(floods, flood_before, strict=True)) / wall

@@ -238,12 +238,17 @@ class TailFreeLogitsWarper:
         return scores.masked_fill(remove, float("-inf"))
 
 
+def token_counts(window: torch.Tensor, vocab: int) -> torch.Tensor:
+    """How often each of `vocab` token ids occurs in the window (ids past the vocabulary count as the last)."""
+    return torch.bincount(window.clamp(max=vocab - 1), minlength=vocab)
+
+
 def presence_frequency(window: torch.Tensor, scores: torch.Tensor, presence: float, frequency: float,
                        counts: torch.Tensor | None = None) -> torch.Tensor:
     """OpenAI's penalties: logit -= presence * [count > 0] + frequency * count, counted over the window
-    (`counts`: the window's token counts, when the caller has them already)."""
+    (`counts`: the window's token_counts, when the caller has them already)."""
     if counts is None:
-        counts = torch.bincount(window.clamp(max=scores.shape[-1] - 1), minlength=scores.shape[-1])
+        counts = token_counts(window, scores.shape[-1])
     counts = counts.to(scores.dtype)
     return scores - presence * (counts > 0).to(scores.dtype) - frequency * counts
 
@@ -397,7 +402,7 @@ class Sampler:
             if not presence and not frequency:
                 return scores
             if "counts" not in cache:  # one count for both penalties
-                cache["counts"] = torch.bincount(window.clamp(max=scores.shape[-1] - 1), minlength=scores.shape[-1])
+                cache["counts"] = token_counts(window, scores.shape[-1])
             return presence_frequency(window, scores, presence, frequency, cache["counts"])
         if name == "encoder_repetition_penalty":
             return self.encoder_repetition(None, scores[None, :])[0] if self.encoder_repetition is not None else scores

@@ -117,7 +117,9 @@ class VllmEngine(TokenizerEngine):
 
     def abort_all(self) -> None:
         """Every request still in vLLM (a new batch after a failed step owns none of them)."""
-        self.abort(list(self._live))
+        with self._lock:  # step() changes the set
+            live = list(self._live)
+        self.abort(live)
 
     def step(self) -> None:
         with self._lock:

@@ -107,5 +107,4 @@ def our_params(settings: dict) -> OurParams:
     settings = dict(settings)
     settings["logit_bias"] = tuple((int(t), float(b)) for t, b in settings.get("logit_bias", ()))
     settings["dry_sequence_breakers"] = tuple(settings.get("dry_sequence_breakers", ()))
-    settings["sampler_order"] = tuple(settings.get("sampler_order", ()))
     return OurParams(**settings)

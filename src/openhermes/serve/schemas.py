@@ -60,6 +60,13 @@ KOBOLD_SAMPLERS = {0: "top_k", 1: "top_a", 2: "top_p", 3: "tfs", 4: "typical_p",
 _warned: set[str] = set()
 
 
+def _warn_once(key: str, message: str, *args) -> None:
+    """Log `message` the first time `key` is seen; bounded, since clients can invent any number of names."""
+    if key not in _warned and len(_warned) < 1000:
+        _warned.add(key)
+        log.warning(message, *args)
+
+
 def _normalise(name: str, value: Any) -> Any:
     """One spelling's value in our field's terms."""
     if name in ("seed", "sampler_seed") and value == -1:
@@ -79,8 +86,9 @@ def _normalise(name: str, value: Any) -> Any:
 
 def _sampler_order(value: Any) -> Any:
     """A sampler order in our names (sampling.STAGES): KoboldCpp's numbers, llama.cpp's names (a list, or one
-    string split by ';' or ','), or text-generation-webui's (a list, or lines). Anything else is left for the
-    field's check (a 400)."""
+    string split by ';' or ','), or text-generation-webui's (a list, or lines). A name of a sampler this server
+    lacks is skipped; anything else (an unknown KoboldCpp number, a non-string) is left for the field's check (a
+    400)."""
     if isinstance(value, str):
         value = [v.strip() for v in value.replace(";", "\n").replace(",", "\n").splitlines() if v.strip()]
     if not isinstance(value, list) or not value:
@@ -95,9 +103,8 @@ def _sampler_order(value: Any) -> Any:
             # A sampler this server does not have (SillyTavern 1.19 lists `adaptive_p` in both types' defaults):
             # llama.cpp's server skips a name it cannot match, text-generation-webui's sorts only the samplers
             # it has, so the others run in the order given.
-            if f"sampler {v}" not in _warned and len(_warned) < 1000:
-                _warned.add(f"sampler {v}")
-                log.warning("sampler %r in a sampler order is not one this server has; skipped (logged once)", v)
+            _warn_once(f"sampler {v}", "sampler %r in a sampler order is not one this server has; skipped "
+                       "(logged once)", v)
         else:
             out.append(v)
     return list(dict.fromkeys(out))
@@ -236,9 +243,7 @@ class SamplingFields(BaseModel):
         """Fields this server does not know; each name is logged the first time it is seen."""
         names = sorted(self.model_extra or {})
         for name in names:
-            if name not in _warned and len(_warned) < 1000:  # bounded: clients can invent any number
-                _warned.add(name)
-                log.warning("request field %r is not used by this server; ignored (logged once)", name)
+            _warn_once(name, "request field %r is not used by this server; ignored (logged once)", name)
         return names
 
     def note_truncated(self, tokens: int, why: str) -> None:

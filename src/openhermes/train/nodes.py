@@ -38,10 +38,9 @@ def agree(recipe: Recipe, out: Path) -> None:
     import torch.distributed as dist
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    token = secrets.token_hex(8)
-    marker = out / f".nodes-{token}"
-    if rank == 0:
-        marker.write_text(token)  # the other ranks look for it under their own --out
+    token = secrets.token_hex(8) if rank == 0 else None  # rank 0's marker in its --out
+    if token is not None:
+        (out / f".nodes-{token}").write_text(token)
     info = {"rank": rank, "node": int(os.environ.get("GROUP_RANK", "0")), "host": socket.gethostname(),
             "recipe": recipe.model_dump(mode="json"), "code": code_fingerprint(), "token": token,
             "out": str(out.resolve())}
@@ -55,9 +54,9 @@ def agree(recipe: Recipe, out: Path) -> None:
             problems.append(f"{where(other)} runs openhermes {other['code']}, rank 0 runs {reference['code']}")
         if diff := recipe_differences(other["recipe"], reference["recipe"], f"node {other['node']}"):
             problems.append(f"{where(other)} has another recipe than rank 0: {'; '.join(diff)}")
-    sees = (out / f".nodes-{reference['token']}").exists()
+    marker = out / f".nodes-{reference['token']}"  # each rank looks for it under its own --out
     seen: list = [None] * world
-    dist.all_gather_object(seen, sees)  # also the barrier before rank 0 removes its marker
+    dist.all_gather_object(seen, marker.exists())  # also the barrier before rank 0 removes its marker
     if rank == 0:
         marker.unlink(missing_ok=True)
     blind = [f"{where(everyone[r])} in its --out {everyone[r]['out']}" for r in range(world) if not seen[r]]
