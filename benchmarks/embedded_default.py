@@ -99,6 +99,8 @@ def main() -> None:
             print("(bf16 skipped: this CPU has neither AVX512-BF16 nor AMX, so bf16 would be emulated)")
         else:
             modes.append(mode)
+    if not modes:
+        raise SystemExit("no kernel mode left to run on this CPU: add avx2 to --modes")
     header = (f"{'run':<14}" + "".join(f"{k:>8}" for k in ("add", "code", "copy", "lookup")) + f"{'im_end':>8}"
               + "".join(f"{k:>7}" for k in TARGETS) + f"{'wall':>7}{'train':>7}")
     print("\n" + header)

@@ -164,3 +164,19 @@ def test_min_tokens_rows_pick_what_the_sampler_picks(engine):
     assert [r.token_ids for r in fast] == [r.token_ids for r in slow]
     assert all(r.completion_tokens >= 16 for r in fast)
     assert any(r.completion_tokens < 16 for r in plain)  # the trained model stops sooner by itself
+
+
+def test_banned_strings_cut_the_slots_kv_and_equal_each_one_alone(engine):
+    """A banned word of each reply: taken back (the slot's KV cut back in llama.cpp), drawn again, never in the
+    reply; four rows at once equal each one alone, and what came before the word is kept."""
+    plain = engine.generate([request(engine, ask(t), 24, ignore_eos=True) for t in TOPICS])
+    words = [max(r.text.split(), key=len) for r in plain]  # a word each reply has (the longest: several tokens)
+    banned = [request(engine, ask(t), 24, ignore_eos=True, banned_strings=(w.upper(),))
+              for t, w in zip(TOPICS, words, strict=True)]
+    together = engine.generate(banned)
+    alone = [engine.generate([r])[0] for r in banned]
+    for p, w, a, b in zip(plain, words, alone, together, strict=True):
+        assert a.token_ids == b.token_ids and a.text == b.text
+        assert w.lower() not in b.text.lower() and b.text != p.text
+        before = p.text[:p.text.lower().find(w.lower())].rsplit(" ", 1)[0]
+        assert b.text.startswith(before)

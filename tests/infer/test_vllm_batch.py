@@ -196,3 +196,21 @@ def test_logprobs_prompt_logprobs_and_eval_scores_match_the_torch_engines(engine
     sb = VllmScorer(ours, progress=False).loglikelihood(reqs)
     assert [x.logprob for x in sa] == pytest.approx([y.logprob for y in sb], abs=1e-3)
     assert [x.is_greedy for x in sa] == [y.is_greedy for y in sb]
+
+
+def test_banned_strings_are_refused_rather_than_ignored(engines):
+    """vLLM's scheduler keeps the tokens it drew: a reply cannot be taken back, so banning a string is a 400 naming
+    it (through the server) and a clear error (through the engine), never a ban silently not applied."""
+    from fastapi.testclient import TestClient
+
+    from openhermes.serve.app import create_app
+
+    _, ours, _ = engines
+    prompt = prompts(ours)[0]
+    with pytest.raises(ValueError, match="banned strings"):
+        ours.sequence(GenerationRequest(prompt, GREEDY, 8, banned_strings=("the",)))
+    with TestClient(create_app(ours)) as client:
+        body = {"prompt": "Hello", "max_tokens": 4, "temperature": 0}
+        refused = client.post("/v1/completions", json=body | {"banned_strings": ["the"]})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "banned_strings"
+        assert client.post("/v1/completions", json=body | {"banned_strings": []}).status_code == 200

@@ -69,6 +69,12 @@ def test_each_type_through_sillytavern(tavern, backend, api_type, chat_model_dir
     direct = httpx.post(backend.url + "/v1/completions", json=body, timeout=120).json()["choices"][0]["text"]
     assert text == direct and text.strip()
     assert streamed_text(tavern, body) == text
+    # a quoted line in SillyTavern's Banned Tokens/Strings box: sent as banned_strings, taken back here
+    piece = text.strip()[:3]
+    banned = body | {"banned_strings": [piece]}
+    data = tavern.post("/api/backends/text-completions/generate", json=banned).json()
+    assert piece.lower() not in reply_text(data).lower() and reply_text(data) != text
+    assert streamed_text(tavern, banned) == reply_text(data)
     # past the context window: SillyTavern's truncation_length keeps the end, and the reply says so
     long = body | {"prompt": "word " * 3000, "truncation_length": 512}
     data = tavern.post("/api/backends/text-completions/generate", json=long).json()

@@ -271,3 +271,28 @@ def test_temperature_last_moves_temperature_after_the_order(server):
     default = post(server, "/v1/completions", base).json()["choices"][0]["text"]
     last = post(server, "/v1/completions", base | {"sampler_priority": WEBUI_PRIORITY, "temperature_last": True})
     assert last.json()["choices"][0]["text"] == default
+
+
+def test_banned_strings_never_reach_the_reply_through_each_types_route(server):
+    """SillyTavern sends the quoted lines of its Banned Tokens/Strings box as `banned_strings` to every local type;
+    KoboldCpp's own clients send phrases as `banned_tokens`. Each is taken back, streamed or not, in any case."""
+    base = {"prompt": PROMPT, "max_tokens": 24, "temperature": 0, "ignore_eos": True}
+    plain = post(server, "/v1/completions", base).json()["choices"][0]["text"]
+    piece = plain[len(plain) // 3:][:3]
+    assert piece.strip(), plain
+    ban = piece.upper() if piece.upper() != piece else piece.lower()  # a different case: still banned
+    r = post(server, "/v1/completions", base | {"banned_strings": [ban, ""]})
+    text = r.json()["choices"][0]["text"]
+    assert r.status_code == 200 and "banned_strings" not in r.headers.get("x-openhermes-ignored", "")
+    assert piece.lower() not in text.lower() and text != plain
+    kept = max(0, plain.lower().find(piece.lower()) - 10)  # before the token where it began (tokens are short)
+    assert text[:kept] == plain[:kept]
+    streamed = sse_payloads(server, "/v1/completions", base | {"banned_strings": [ban], "stream": True})
+    assert "".join(d["choices"][0]["text"] for _, d in streamed if d != "[DONE]") == text
+    llamacpp = post(server, "/completion", {"prompt": PROMPT, "n_predict": 24, "temperature": 0, "ignore_eos": True,
+                                            "banned_strings": [ban]}).json()
+    assert llamacpp["content"] == text
+    kobold = {"prompt": PROMPT, "max_length": 24, "temperature": 0, "ban_eos_token": True}
+    assert post(server, "/api/v1/generate", kobold | {"banned_tokens": [ban]}).json()["results"][0]["text"] == text
+    one = post(server, "/v1/completions", base | {"banned_strings": ban}).json()["choices"][0]["text"]
+    assert one == text  # one string for a list of one

@@ -141,10 +141,24 @@ class Slab:
         self.mask[:self.rows, self.end] = 1
 
     def row_kv(self, row: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """One row's real tokens, (1, heads, n, dim) per layer (views)."""
-        n = int(self.mask[row, self.start:self.end].sum())
-        return [(k[row:row + 1, :, self.end - n:self.end], v[row:row + 1, :, self.end - n:self.end])
-                for k, v in zip(self.keys, self.values, strict=True)]
+        """One row's real tokens, (1, heads, n, dim) per layer: views, or copies where the row has masked holes
+        (tokens taken back: drop_last)."""
+        real = self.mask[row, self.start:self.end]
+        n = int(real.sum())
+        if bool(real[self.width - n:].all()):
+            return [(k[row:row + 1, :, self.end - n:self.end], v[row:row + 1, :, self.end - n:self.end])
+                    for k, v in zip(self.keys, self.values, strict=True)]
+        cols = real.nonzero()[:, 0] + self.start
+        return [(k[row:row + 1, :, cols], v[row:row + 1, :, cols]) for k, v in zip(self.keys, self.values, strict=True)]
+
+    def real_tokens(self, row: int) -> int:
+        return int(self.mask[row, self.start:self.end].sum())
+
+    def drop_last(self, row: int, count: int) -> None:
+        """Mask out a row's last `count` real tokens (taken back): a masked column is never read again, so the
+        row's KV is what it was before them, and its later tokens are written at `end` as usual."""
+        cols = self.mask[row, self.start:self.end].nonzero()[:, 0]
+        self.mask[row, self.start + cols[len(cols) - count:]] = 0
 
     def keep(self, live: list[int]) -> list[int]:
         """Keep these rows: rows past the new count move into the free places (one row copy each).
@@ -328,6 +342,7 @@ class Batch:
         item.seq.advance(logits)
         if not item.seq.done:
             self._join(item.seq, kv)
+            self._take_back()
 
     def _prefill_in_place(self, group: list[_Prefill]) -> None:
         """Prefill into free rows of the batch's own buffers: each reused prefix is copied there once and the forward
@@ -396,6 +411,7 @@ class Batch:
         live = [i for i, s in enumerate(self.rows) if not s.done]
         if len(live) < len(self.rows):
             self._keep(live)
+        self._take_back()
 
     def _join(self, seq: Sequence, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Write a prefilled sequence's KV into a free row of the running batch."""
@@ -453,6 +469,17 @@ class Batch:
         live = [i for i, s in enumerate(self.rows) if not s.done]
         if len(live) < len(self.rows):
             self._keep(live)
+        self._take_back()
+
+    def _take_back(self) -> None:
+        """Rows whose replies were taken back (banned strings: Sequence.kv_stale) keep the KV of the tokens they
+        still have but their last, which the next step feeds again at its own position."""
+        for i, seq in enumerate(self.rows):
+            if seq.kv_stale:
+                seq.kv_stale = False
+                self.slab.drop_last(i, self.slab.real_tokens(i) - (len(seq.ids) - 1))
+                self.positions[i] = len(seq.ids) - 1
+                self.padded = True
 
     def _forward(self, **inputs):
         """The model's forward. On a CPU with grouped key/value heads, SDPA takes the groups as they are: with a mask

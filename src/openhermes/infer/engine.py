@@ -49,6 +49,7 @@ class BaseEngine:
     context_window: int
     max_batch_size: int
     stop_ids: frozenset[int]
+    takes_back = True  # whether its batches can take tokens back from a reply (banned strings)
 
     def _prompt_ids(self, conv: Conversation, fmt: str, length: str | None = None) -> list[int]:
         raise NotImplementedError
@@ -141,6 +142,8 @@ class BaseEngine:
         self._checked(request.prompt_ids)
         if request.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        if request.banned_strings and not self.takes_back:
+            raise ValueError(f"banned strings need a reply taken back, which the {type(self).__name__} cannot do")
         breakers = self.breaker_ids(request.params.dry_sequence_breakers) if request.params.dry_multiplier else frozenset()
         return Sequence(request, backend=self.backend, stop_ids=self.stop_ids, max_total=self.context_window,
                         device=self.device, on_delta=on_delta, on_done=on_done, on_error=on_error,

@@ -88,15 +88,19 @@ class Slots:
         # At least one prompt token is computed again: its logits choose the first reply token.
         shared = {s: shared_prefix(self.kv[s], ids[:-1]) for s in free}
         slot = max(free, key=lambda s: (shared[s], -self.last_used[s]))
-        keep = shared[slot]
-        if not self.ctx.kv_cache_seq_rm(slot, keep, -1):
-            self.ctx.kv_cache_seq_rm(slot, -1, -1)
-            keep = 0
-        del self.kv[slot][keep:]
+        self.cut(slot, shared[slot])
+        keep = len(self.kv[slot])
         self.busy[slot] = True
         self.last_used[slot] = next(self.clock)
         self.reused_tokens += keep
         return slot, keep
+
+    def cut(self, slot: int, keep: int) -> None:
+        """Cut a slot's KV back to its first `keep` tokens (all of it where llama.cpp cannot cut there)."""
+        if not self.ctx.kv_cache_seq_rm(slot, keep, -1):
+            self.ctx.kv_cache_seq_rm(slot, -1, -1)
+            keep = 0
+        del self.kv[slot][keep:]
 
     def release(self, slot: int) -> None:
         self.busy[slot] = False
@@ -174,6 +178,10 @@ class SlotBatch:
         self._drop_done()
         if not self.running:
             return
+        for row in self.running:
+            if row.seq.kv_stale:  # taken back (a banned string): its last kept token is fed again
+                row.seq.kv_stale = False
+                self.slots.cut(row.slot, len(row.seq.ids) - 1)
         # Running sequences first (one token each), then prompts in arrival order up to the batch size.
         pending = [(r, r.seq.ids[len(self.slots.kv[r.slot]):]) for r in self.running]
         budget = N_BATCH

@@ -6,10 +6,17 @@ incomplete UTF-8 sequence waits for the next token, so a delta never splits a mu
 Stop strings are matched on the decoded text, so one spanning several tokens is caught; text that
 could be the start of a stop string is held back until it is decided, and the stop string itself
 is never returned.
+
+Banned strings (text-generation-webui's `banned_strings` on ExLlama, KoboldCpp's phrase bans) are matched the same
+way, without regard to case, and never reach the reply: when one is complete, the reply is taken back to the
+token where it began and that token is banned at that place, so the next draw there is another (backtracking).
+Text that could still grow into one is held back from the start of the token where that start lies, so nothing
+taken back was ever sent.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +42,12 @@ class GenerationRequest:
     logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and the k most likely
     skip_special_tokens: bool = True  # False: control tokens the model writes stay in the text
     constraint: object | None = None  # a grammar (structured.py) the reply must follow
+    banned_strings: tuple[str, ...] = ()  # never in the reply, in any case: taken back and drawn again
+
+
+def _fold(text: str) -> str:
+    """Lower case, one character for one (a character whose lower case is longer stays), so indices agree."""
+    return "".join(low if len(low := c.lower()) == 1 else c for c in text)
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,10 @@ class Sequence:
         self.backend = backend
         self.stop_ids = frozenset() if request.ignore_eos else stop_ids
         self.stops = tuple(s for s in request.stop if s)
+        self.banned_strings = tuple(_fold(s) for s in request.banned_strings if s)
+        self.position_bans: dict[int, set[int]] = {}  # reply position -> tokens taken back from there
+        self.taken_back = 0  # tokens taken back in all (a batch re-feeds the reply from where it now ends)
+        self.kv_stale = False  # set when tokens were taken back: the engine's KV holds some the reply no longer has
         self.max_new = min(request.max_new_tokens, max_total - len(request.prompt_ids))
         self.ids = list(request.prompt_ids)
         self.generated: list[int] = []
@@ -82,6 +99,8 @@ class Sequence:
         # otherwise eat the indentation of generated code.
         self.read_offset = len(self.ids)
         self.prefix_offset = max(0, self.read_offset - 1)
+        # After each reply token: (text length, prefix_offset, read_offset), to take tokens back exactly.
+        self.marks: list[tuple[int, int, int]] = []
         self.text = ""
         self.stop_string = ""
         self.emitted = 0
@@ -113,15 +132,23 @@ class Sequence:
         sampler must run."""
         if not (self.sampler.plain_greedy and self.constraint is None and self.logprobs is None):
             return None
-        return self.banned if self._banning else []
+        return self._bans() or []
 
     @property
     def _banning(self) -> bool:
         return self.request.ignore_eos or len(self.generated) < self.request.min_tokens
 
+    def _bans(self) -> list[int] | None:
+        """Token ids the next draw may not take: the stop tokens (before min_tokens, or with ignore_eos) and
+        those taken back from this place (banned strings); None for none."""
+        here = self.position_bans.get(len(self.generated))
+        if not here:
+            return self.banned if self._banning else None
+        return sorted(here.union(self.banned)) if self._banning else sorted(here)
+
     def advance(self, logits: torch.Tensor) -> None:
         """Choose the next token from this step's logits (V,) and take it."""
-        banned = self.banned if self._banning else None
+        banned = self._bans()
         mask = self.constraint.mask if self.constraint is not None else None
         try:
             token = self.sampler(self.ids, logits, banned, mask)
@@ -156,17 +183,50 @@ class Sequence:
         """Append the text of unread tokens (vLLM's incremental detokenization): decode the window
         with and without them and take the difference, so decoders that strip a leading space or
         fuse bytes give the same text as decoding everything at once."""
-        if self.read_offset == len(self.ids) or self.done and not final:
-            return
-        window = self.ids[self.prefix_offset:]
-        skip = self.request.skip_special_tokens
-        before = self.backend.decode(window[: self.read_offset - self.prefix_offset], skip_special_tokens=skip)
-        after = self.backend.decode(window, skip_special_tokens=skip)
-        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
-            searched = len(self.text)
-            self.text += after[len(before):]
-            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-            self._find_stop(searched)
+        if self.read_offset < len(self.ids) and not (self.done and not final):
+            window = self.ids[self.prefix_offset:]
+            skip = self.request.skip_special_tokens
+            before = self.backend.decode(window[: self.read_offset - self.prefix_offset], skip_special_tokens=skip)
+            after = self.backend.decode(window, skip_special_tokens=skip)
+            if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+                searched = len(self.text)
+                self.text += after[len(before):]
+                self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+                if not self._take_back_banned(searched, final):
+                    self._find_stop(searched)
+        if not final and len(self.marks) < len(self.generated):
+            self.marks.append((len(self.text), self.prefix_offset, self.read_offset))
+
+    def _take_back_banned(self, searched: int, final: bool) -> bool:
+        """Whether a banned string is now complete (text from `searched` on is new). If so, the reply goes back
+        to the token where it begins, and that token is banned there; at the end of a reply (nothing more will be
+        drawn) the text is cut there instead, as at a stop string."""
+        if not self.banned_strings:
+            return False
+        low = max(0, searched - max(map(len, self.banned_strings)) + 1)  # only the end can hold a new one
+        folded = _fold(self.text[low:])
+        starts = [i for s in self.banned_strings if (i := folded.find(s, max(0, searched - low - len(s) + 1))) >= 0]
+        if not starts:
+            return False
+        start = low + min(starts)
+        if final:
+            self.text = self.text[:start]
+            return False  # a stop string before it still ends the reply there
+        keep = bisect.bisect_right([m[0] for m in self.marks], start)  # the token whose text holds `start`
+        dropped = len(self.generated) - keep
+        self.position_bans = {p: b for p, b in self.position_bans.items() if p < keep}
+        self.position_bans.setdefault(keep, set()).add(self.generated[keep])
+        del self.generated[keep:], self.marks[keep:], self.ids[len(self.request.prompt_ids) + keep:]
+        if self.logprobs is not None:
+            del self.logprobs[keep:]
+        if self.constraint is not None:
+            self.constraint.rollback(dropped)
+        size, self.prefix_offset, self.read_offset = (self.marks[-1] if self.marks else
+                                                       (0, max(0, len(self.ids) - 1), len(self.ids)))
+        self.text = self.text[:size]
+        self.taken_back += dropped
+        self.kv_stale = True
+        return True
 
     def finish_cancelled(self) -> None:
         self.finish("cancelled")
@@ -188,13 +248,14 @@ class Sequence:
             self.finish_reason = "stop"
 
     def _holdback(self) -> int:
-        """Characters at the end that could still grow into a stop string."""
-        hold = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(self.text)), hold, -1):
-                if self.text.endswith(s[:k]):
-                    hold = k
-                    break
+        """Characters at the end that could still grow into a stop string, or into a banned string: those from
+        the start of the token where it would begin (taking it back takes the whole token)."""
+        hold = _partial(self.text, self.stops)
+        if self.banned_strings:
+            partial = _partial(_fold(self.text[-max(map(len, self.banned_strings)):]), self.banned_strings)
+            if partial:
+                token = bisect.bisect_right([m[0] for m in self.marks], len(self.text) - partial)
+                hold = max(hold, len(self.text) - (self.marks[token - 1][0] if token else 0))
         return hold
 
     def _emit(self) -> None:
@@ -212,3 +273,14 @@ class Sequence:
                                 len(self.request.prompt_ids), len(self.generated),
                                 list(self.logprobs) if self.logprobs is not None else None, self.cached_tokens,
                                 self.stop_string)
+
+
+def _partial(text: str, strings: tuple[str, ...]) -> int:
+    """The longest end of `text` that is the start (not the whole) of one of `strings`."""
+    hold = 0
+    for s in strings:
+        for k in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:k]):
+                hold = k
+                break
+    return hold

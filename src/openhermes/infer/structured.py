@@ -97,6 +97,11 @@ class Grammar:
         if self.matcher.is_error():
             raise StructuredOutputError(f"response_format: {self.matcher.get_error()}")
 
+    def rollback(self, tokens: int) -> None:
+        """Forget the last `tokens` accepted (a reply taken back over a banned string)."""
+        if tokens and not self.matcher.rollback(tokens):
+            raise StructuredOutputError(f"response_format: cannot take back {tokens} tokens")
+
 
 def make_grammar(response_format: dict | None, hf_tokenizer, vocab_size: int) -> Grammar | None:
     if not response_format:

@@ -42,6 +42,9 @@ def require_vllm() -> None:
 
 
 class VllmEngine(TokenizerEngine):
+    # vLLM's scheduler owns the KV and the tokens it has drawn: a reply cannot be taken back (banned strings)
+    takes_back = False
+
     def __init__(self, model: str | Path, *, name: str | None = None, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, max_batch_size: int = 256,
                  add_bos: bool | None = None, enforce_eager: bool = False, seed: int = 0, dtype: str = "bfloat16"):

@@ -218,6 +218,8 @@ class SamplingFields(BaseModel):
     no_repeat_ngram_size: Annotated[int, Field(ge=0, le=100)] | None = None
     sampler_order: Annotated[list[str], Field(max_length=64)] | None = None
     custom_token_bans: str | list[int] | None = None  # "12, 345" (text-generation-webui) or ids
+    # never in the reply, in any case (taken back and drawn again); text-generation-webui's, KoboldCpp's phrase bans
+    banned_strings: str | Annotated[list[str], Field(max_length=256)] | None = None
     num_beams: Annotated[int, Field(ge=1)] | None = None
     penalty_alpha: Annotated[Float, Field(ge=0)] | None = None
     guidance_scale: Float | None = None
@@ -231,6 +233,9 @@ class SamplingFields(BaseModel):
         notes: list[str] = []
         if isinstance(data, dict):
             data, notes = _resolve_spellings(data)
+            phrases = data.get("banned_tokens")  # KoboldCpp's phrase bans; TabbyAPI's token ids go unread
+            if isinstance(phrases, list) and all(isinstance(x, str) for x in phrases) and not data.get("banned_strings"):
+                data["banned_strings"] = data.pop("banned_tokens")
             if "dry_sequence_breakers" in data:
                 data["dry_sequence_breakers"] = _breakers(data["dry_sequence_breakers"])
             if "logit_bias" in data and data["logit_bias"] is not None:
@@ -301,6 +306,11 @@ class SamplingFields(BaseModel):
         asked = [("num_beams", self.num_beams not in (None, 1)), ("penalty_alpha", bool(self.penalty_alpha)),
                  ("guidance_scale", self.guidance_scale not in (None, 1))]
         return [name for name, on in asked if on]
+
+    def banned(self) -> tuple[str, ...]:
+        """banned_strings as a tuple (a single string is one)."""
+        value = self.banned_strings
+        return () if not value else (value,) if isinstance(value, str) else tuple(s for s in value if s)
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:

@@ -93,6 +93,10 @@ class ServerState:
             if outside:
                 raise APIError(400, f"{param}: token id {outside[0]} is outside the vocabulary (0 to "
                                     f"{self.engine.vocab_size - 1})", param=param, code="invalid_value")
+        if body.banned() and not self.engine.takes_back:
+            raise APIError(400, f"banned_strings: the {self.engine.name} engine ({type(self.engine).__name__}) "
+                                "cannot take a reply back, which banning a string needs",
+                           param="banned_strings", code="unsupported_parameter")
         params = self.sampling(body)
         try:
             self.engine.check_params(params)
@@ -163,7 +167,8 @@ class ServerState:
                 raise APIError(400, str(e), param="response_format", code="invalid_value") from None
             out.append(GenerationRequest(ids, p, limit, stops, ignore_eos=body.ignore_eos,
                                          min_tokens=body.min_tokens or 0, logprobs=logprobs,
-                                         skip_special_tokens=body.skip_special_tokens, constraint=grammar))
+                                         skip_special_tokens=body.skip_special_tokens, constraint=grammar,
+                                         banned_strings=body.banned()))
         return out
 
 
