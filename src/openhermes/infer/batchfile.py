@@ -20,7 +20,7 @@ from openhermes.infer.sequence import GenerationRequest
 
 SAMPLER_KEYS = {f.name for f in fields(SamplingParams)}
 ALIASES = {"tfs_z": "tfs", "repeat_penalty": "repetition_penalty"}
-OTHER_KEYS = {"id", "messages", "prompt", "max_tokens", "stop"}
+OTHER_KEYS = {"id", "messages", "prompt", "max_tokens", "stop", "banned_strings"}
 
 
 @dataclass
@@ -53,18 +53,24 @@ def request_from_line(engine: BaseEngine, row: object, base: SamplingParams, max
         if not isinstance(row["prompt"], str):
             raise ValueError('"prompt" must be a string')
         prompt = engine.text_prompt(row["prompt"])
-    stop = row.get("stop") or ()
-    if isinstance(stop, str):
-        stop = (stop,)
-    if not isinstance(stop, list | tuple) or not all(isinstance(s, str) for s in stop):
-        raise ValueError('"stop" must be a string or a list of strings')
+    stop, banned = (_strings(row, key) for key in ("stop", "banned_strings"))
     settings = {ALIASES.get(k, k): v for k, v in row.items() if ALIASES.get(k, k) in SAMPLER_KEYS}
     max_tokens = row.get("max_tokens", max_new_tokens)
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError('"max_tokens" must be a positive integer')
     params = base.with_(**settings)
     Sampler(params)  # builds every processor now, so a setting they refuse is this line's error
-    return GenerationRequest(prompt, params, max_tokens, tuple(stop))
+    return GenerationRequest(prompt, params, max_tokens, stop, banned_strings=banned)
+
+
+def _strings(row: dict, key: str) -> tuple[str, ...]:
+    """A field that is one string or a list of them (stop, banned_strings)."""
+    value = row.get(key) or ()
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, list | tuple) or not all(isinstance(s, str) for s in value):
+        raise ValueError(f'"{key}" must be a string or a list of strings')
+    return tuple(value)
 
 
 LINE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError)
