@@ -127,3 +127,42 @@ def test_the_default_order_is_the_documented_one():
 def test_a_bad_order_is_refused(order):
     with pytest.raises(ValueError, match="sampler_order"):
         SamplingParams(sampler_order=order)
+
+
+def webui_dynamic_temperature(scores: torch.Tensor, low: float, high: float, exponent: float) -> torch.Tensor:
+    """text-generation-webui's DynamicTemperatureLogitsWarper, restated: entropy of the softmax (0 log 0 = 0, at
+    least 1e-10) over the log of the count of finite logits (at least 1e-10), to the exponent, maps low..high."""
+    probs = torch.softmax(scores, dim=-1)
+    entropy = -torch.where(probs > 0, probs * torch.log(probs), torch.zeros_like(probs)).sum()
+    entropy = max(float(entropy), 1e-10)
+    valid = int((scores > -float("inf")).sum())
+    top = math.log(valid) if math.log(valid) > 0 else 1e-10
+    return scores / (low + (high - low) * (entropy / top) ** exponent)
+
+
+@pytest.mark.parametrize("low,high,exponent", [(0.5, 1.5, 1.0), (0.2, 2.0, 0.5), (1.0, 3.0, 2.5)])
+@pytest.mark.parametrize("top_k", [0, 3])
+def test_dynamic_temperature_is_text_generation_webuis_formula(low, high, exponent, top_k):
+    """In temperature's place: after the filters by default (top-k's -inf tokens do not count), and it replaces
+    the plain temperature, which SillyTavern sets to the middle of the range."""
+    params = SamplingParams(temperature=(low + high) / 2, top_k=top_k, dynamic_temperature=True, dynatemp_low=low,
+                            dynatemp_high=high, dynatemp_exponent=exponent)
+    got = Sampler(params).process([1], LOGITS.clone())
+    filtered = Sampler(SamplingParams(top_k=top_k)).process([1], LOGITS.clone())
+    expected = webui_dynamic_temperature(filtered, low, high, exponent)
+    assert finite(got) == finite(expected)
+    assert torch.allclose(got[list(finite(got))], expected[list(finite(expected))], rtol=1e-6)
+    plain = Sampler(params.with_(dynamic_temperature=False)).process([1], LOGITS.clone())
+    assert not torch.allclose(got[list(finite(got))], plain[list(finite(plain))])
+
+
+def test_dynamic_temperature_spreads_when_unsure_and_sharpens_when_sure():
+    params = SamplingParams(dynamic_temperature=True, dynatemp_low=0.2, dynatemp_high=2.0)
+    sure, unsure = torch.tensor([9.0] + [0.0] * 7), torch.linspace(1.0, 0.3, 8)
+    t_sure = float(sure[0] / Sampler(params).process([1], sure)[0])
+    t_unsure = float(unsure[0] / Sampler(params).process([1], unsure)[0])
+    assert 0.2 < t_sure < 0.25 and 1.9 < t_unsure < 2.0  # near low when one token dominates, near high when flat
+    zero = Sampler(params.with_(dynatemp_low=0.0, dynatemp_high=0.0))
+    assert zero.params.greedy and zero(torch.tensor([1]), sure) == 0
+    with pytest.raises(ValueError, match="dynatemp_high"):
+        SamplingParams(dynamic_temperature=True, dynatemp_low=2.0, dynatemp_high=1.0)

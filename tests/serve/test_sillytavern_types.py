@@ -296,3 +296,21 @@ def test_banned_strings_never_reach_the_reply_through_each_types_route(server):
     assert post(server, "/api/v1/generate", kobold | {"banned_tokens": [ban]}).json()["results"][0]["text"] == text
     one = post(server, "/v1/completions", base | {"banned_strings": ban}).json()["choices"][0]["text"]
     assert one == text  # one string for a list of one
+
+
+def test_dynamic_temperature_in_each_types_spelling(server):
+    """SillyTavern sends dynamic temperature as text-generation-webui's switch and bounds and as llama.cpp's range
+    around the temperature (the middle of the bounds); both spellings are one setting, and it is used."""
+    base = {"prompt": PROMPT, "max_tokens": 24, "seed": 5, "ignore_eos": True}
+    webui = base | {"temperature": 1.25, "dynamic_temperature": True, "dynatemp_low": 0.5, "dynatemp_high": 2.0,
+                    "dynatemp_range": 0.75, "dynatemp_exponent": 1.0}
+    r = post(server, "/v1/completions", webui)
+    assert r.status_code == 200 and "dyna" not in r.headers.get("x-openhermes-ignored", "")
+    text = r.json()["choices"][0]["text"]
+    llamacpp = post(server, "/completion", base | {"n_predict": 24, "temperature": 1.25, "dynatemp_range": 0.75,
+                                                   "dynatemp_exponent": 1.0}).json()["content"]
+    assert llamacpp == text
+    plain = post(server, "/v1/completions", base | {"temperature": 1.25}).json()["choices"][0]["text"]
+    assert text != plain  # not the plain temperature 1.25
+    off = post(server, "/v1/completions", webui | {"dynamic_temperature": False}).json()["choices"][0]["text"]
+    assert off == plain  # the switch off: the range is not used either (text-generation-webui's rule)

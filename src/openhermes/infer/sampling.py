@@ -7,8 +7,8 @@ Order (llama.cpp's, SPEC §4, with the steps text-generation-webui and KoboldCpp
  3. DRY (text-generation-webui's "don't repeat yourself": a penalty growing with the length of a
     repeated sequence that the next token would extend)
  4. top-k, tail-free (TFS), typical, top-p, epsilon and eta cutoff, min-p, top-a, XTC (exclude top choices)
- 5. temperature, then text-generation-webui's quadratic smoothing; with `temperature_last: false` (its
-    default order) these two come before step 4 instead
+ 5. temperature (or text-generation-webui's dynamic temperature in its place), then its quadratic smoothing; with
+    `temperature_last: false` (its default order) these two come before step 4 instead
  6. Mirostat v2 (when on, it replaces step 4's truncations, as in llama.cpp and text-generation-webui)
  7. the grammar mask of structured output (response_format), then the draw from the request's own
     seeded generator. Temperature 0 is greedy (argmax after steps 1-3 and the mask).
@@ -18,8 +18,8 @@ names among their own places in this order (STAGES); the others keep theirs.
 
 transformers' warpers are used where they compute the same thing (top-k, top-p, min-p,
 typical, epsilon, eta, temperature, repetition penalty, encoder repetition penalty, no-repeat n-grams: the ones
-text-generation-webui uses too); TFS, presence/frequency, DRY, top-a, XTC, quadratic smoothing and Mirostat
-are ours because transformers has none.
+text-generation-webui uses too); TFS, presence/frequency, DRY, top-a, XTC, quadratic smoothing, dynamic
+temperature and Mirostat are ours because transformers has none.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ TRUNCATIONS = ("top_k", "tfs", "typical_p", "top_p", "epsilon_cutoff", "eta_cuto
 TEMPERATURE = ("temperature", "quadratic_sampling")
 STAGES = PENALTIES + TRUNCATIONS + TEMPERATURE
 # Names other servers' orders carry for samplers this server does not have (their settings are ignored fields)
-# or places it does not move (Mirostat replaces the truncations): accepted in an order, without effect.
+# or places it does not move (dynamic temperature runs in temperature's place, Mirostat replaces the truncations):
+# accepted in an order, without effect on it.
 UNMOVED = ("dynamic_temperature", "top_n_sigma", "mirostat")
 
 
@@ -88,14 +89,21 @@ class SamplingParams:
     encoder_repetition_penalty: float = 1.0  # 1 = off; > 1 favours the prompt's tokens
     no_repeat_ngram_size: int = 0  # 0 = off
     sampler_order: tuple[str, ...] = ()  # STAGES names, reordered among their places; () = the default order
+    # dynamic temperature (text-generation-webui's; llama.cpp's temperature +- dynatemp_range): in temperature's
+    # place, a temperature from low to high by the normalised entropy of the distribution to the exponent
+    dynamic_temperature: bool = False
+    dynatemp_low: float = 1.0
+    dynatemp_high: float = 1.0
+    dynatemp_exponent: float = 1.0
 
     def __post_init__(self) -> None:
         for f in fields(self):  # JSON gives 2 for 2.0: store floats as floats (transformers' warpers insist)
             value = getattr(self, f.name)
             if f.type == "float" and isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, f.name, float(value))
-        if not isinstance(self.temperature_last, bool):
-            raise ValueError(f"temperature_last={self.temperature_last!r} must be true or false")
+        for name in ("temperature_last", "dynamic_temperature"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
         for name in ("top_k", "repeat_last_n", "dry_allowed_length", "dry_penalty_last_n", "mirostat_mode",
                      "no_repeat_ngram_size"):
             value = getattr(self, name)
@@ -131,6 +139,9 @@ class SamplingParams:
             "smoothing_curve": 1 <= self.smoothing_curve <= 10,
             "encoder_repetition_penalty": 0 < self.encoder_repetition_penalty <= 10,
             "no_repeat_ngram_size": 0 <= self.no_repeat_ngram_size <= 100,
+            "dynatemp_low": 0 <= self.dynatemp_low <= 100,
+            "dynatemp_high": self.dynatemp_low <= self.dynatemp_high <= 100,
+            "dynatemp_exponent": 0 < self.dynatemp_exponent <= 100,
         }
         for name, ok in checks.items():
             value = getattr(self, name)
@@ -157,7 +168,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return (self.dynatemp_high if self.dynamic_temperature else self.temperature) == 0
 
     def with_(self, **changes) -> SamplingParams:
         """A copy with some fields changed; None values are ignored (unset request fields)."""
@@ -182,6 +193,7 @@ _RANGES = {
     "epsilon_cutoff": "in [0, 10000), units of 1e-4; 0 = off", "eta_cutoff": "in [0, 10000), units of 1e-4; 0 = off",
     "smoothing_factor": "in [0, 100]; 0 = off", "smoothing_curve": "in [1, 10]",
     "encoder_repetition_penalty": "in (0, 10]; 1 = off", "no_repeat_ngram_size": "in [0, 100]; 0 = off",
+    "dynatemp_low": "in [0, 100]", "dynatemp_high": "in [dynatemp_low, 100]", "dynatemp_exponent": "in (0, 100]",
 }
 
 PRESETS: dict[str, SamplingParams] = {
@@ -295,6 +307,20 @@ def quadratic_smoothing(scores: torch.Tensor, factor: float, curve: float) -> to
     return torch.where(torch.isfinite(scores), top - k * factor * diff ** 2 + s * factor * diff ** 3, scores)
 
 
+def dynamic_temperature(scores: torch.Tensor, low: float, high: float, exponent: float) -> torch.Tensor:
+    """text-generation-webui's dynamic temperature: T = low + (high - low) * (H / log n) ** exponent, with H the
+    entropy of softmax(scores) and n the tokens still possible (finite scores); the scores divided by T (a T of 0,
+    where low is 0 and one token is left or the distribution is certain, keeps only the most likely)."""
+    n = int(torch.isfinite(scores).sum())
+    logp = scores.log_softmax(-1)
+    entropy = max(float(-(logp.exp() * logp).nan_to_num(0.0).sum()), 1e-10)
+    top_entropy = math.log(n) if n > 1 else 1e-10
+    temperature = low + (high - low) * (entropy / top_entropy) ** exponent
+    if temperature <= 0:
+        return torch.where(scores == scores.max(), scores, float("-inf"))
+    return scores / temperature
+
+
 def top_a(scores: torch.Tensor, a: float) -> torch.Tensor:
     """Top-a (text-generation-webui): drop tokens whose probability is below a * max_probability**2."""
     probs = scores.softmax(-1)
@@ -357,7 +383,8 @@ class Sampler:
             if p.min_p > 0:
                 warpers["min_p"] = MinPLogitsWarper(p.min_p)
         self.warpers = warpers
-        self.temperature = TemperatureLogitsWarper(p.temperature) if not p.greedy and p.temperature != 1 else None
+        self.temperature = None if p.greedy or p.dynamic_temperature or p.temperature == 1 \
+            else TemperatureLogitsWarper(p.temperature)
         self.order = stage_order(p)
 
     @property
@@ -426,6 +453,8 @@ class Sampler:
             if p.xtc_probability > 0 and not self.mirostat:
                 return xtc(scores, p.xtc_threshold, p.xtc_probability, self.generator)
             return scores
+        if name == "temperature" and p.dynamic_temperature:
+            return dynamic_temperature(scores, p.dynatemp_low, p.dynatemp_high, p.dynatemp_exponent)
         if name == "temperature":
             return self.temperature(_NO_IDS, scores[None, :])[0] if self.temperature is not None else scores
         if name == "quadratic_sampling":

@@ -12,8 +12,8 @@ Where the meanings differ, and so the processor runs:
 - repetition penalty over a window (`repeat_last_n` > 0): vLLM's covers the whole context;
 - top-p and min-p: vLLM applies them after temperature and min-p before top-p; ours apply the
   filters to the untempered distribution (`temperature_last`), top-p before min-p;
-- TFS, typical, top-a, XTC, DRY, epsilon/eta cutoffs, smoothing, encoder repetition penalty, no-repeat
-  n-grams: vLLM has none of them;
+- TFS, typical, top-a, XTC, DRY, epsilon/eta cutoffs, smoothing, dynamic temperature, encoder repetition
+  penalty, no-repeat n-grams: vLLM has none of them;
 - a ban (logit bias -inf): vLLM clamps a bias to -100;
 - a sampler order of the request's own (`sampler_order`): vLLM's is fixed.
 `ignore_eos` bans the stop tokens in ours (llama.cpp's rule); vLLM's min_tokens bans them until that many tokens,
@@ -34,7 +34,8 @@ EXTRA_KEY = "openhermes"  # SamplingParams.extra_args key that carries our setti
 # Our fields that vLLM has nowhere: any of them on sends the request through our processor.
 _OURS_ONLY = {"tfs": 1.0, "typical_p": 1.0, "top_a": 0.0, "xtc_probability": 0.0, "dry_multiplier": 0.0,
               "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "smoothing_factor": 0.0, "encoder_repetition_penalty": 1.0,
-              "no_repeat_ngram_size": 0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
+              "no_repeat_ngram_size": 0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+              "dynamic_temperature": False}
 
 
 class UnsupportedSampler(ValueError):

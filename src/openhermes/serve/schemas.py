@@ -220,6 +220,13 @@ class SamplingFields(BaseModel):
     custom_token_bans: str | list[int] | None = None  # "12, 345" (text-generation-webui) or ids
     # never in the reply, in any case (taken back and drawn again); text-generation-webui's, KoboldCpp's phrase bans
     banned_strings: str | Annotated[list[str], Field(max_length=256)] | None = None
+    # dynamic temperature: text-generation-webui's switch and bounds, or llama.cpp's / KoboldCpp's range around
+    # the temperature (SillyTavern sends both)
+    dynamic_temperature: bool | None = None
+    dynatemp_low: Annotated[Float, Field(ge=0, le=100)] | None = None
+    dynatemp_high: Annotated[Float, Field(ge=0, le=100)] | None = None
+    dynatemp_range: Annotated[Float, Field(ge=0, le=100)] | None = None
+    dynatemp_exponent: Annotated[Float, Field(gt=0, le=100)] | None = None
     num_beams: Annotated[int, Field(ge=1)] | None = None
     penalty_alpha: Annotated[Float, Field(ge=0)] | None = None
     guidance_scale: Float | None = None
@@ -278,8 +285,10 @@ class SamplingFields(BaseModel):
         bans = tuple((t, float("-inf")) for t in self.token_bans())
         if self.logit_bias or bans:
             out["logit_bias"] = tuple(self.logit_bias or ()) + bans
+        out |= self.dynamic_temperature_settings()
         if self.do_sample is False:
             out["temperature"] = 0.0
+            out["dynamic_temperature"] = False
         if self.sampler_order:
             order = list(self.sampler_order)
             if self.temperature_last:  # text-generation-webui moves them last, after the order it was given
@@ -287,6 +296,21 @@ class SamplingFields(BaseModel):
                 order = [n for n in order if n not in moved] + (moved or ["temperature", "quadratic_sampling"])
             out["sampler_order"] = tuple(order)
         return out
+
+    def dynamic_temperature_settings(self) -> dict:
+        """text-generation-webui's dynamic_temperature with dynatemp_low/high, else llama.cpp's dynatemp_range > 0
+        (temperature - range to temperature + range, the low end at least 0): as our dynatemp_low/high."""
+        if self.dynamic_temperature is False:
+            return {}
+        out: dict = {"dynatemp_exponent": self.dynatemp_exponent}
+        if self.dynamic_temperature and self.dynatemp_low is not None and self.dynatemp_high is not None:
+            low, high = self.dynatemp_low, self.dynatemp_high
+        elif self.dynatemp_range:
+            t = 1.0 if self.temperature is None else self.temperature
+            low, high = max(0.0, t - self.dynatemp_range), t + self.dynatemp_range
+        else:
+            return {}
+        return out | {"dynamic_temperature": True, "dynatemp_low": low, "dynatemp_high": high}
 
     def token_bans(self) -> list[int]:
         """custom_token_bans as ids: text-generation-webui's comma-separated text, or a list."""
