@@ -314,3 +314,18 @@ def test_dynamic_temperature_in_each_types_spelling(server):
     assert text != plain  # not the plain temperature 1.25
     off = post(server, "/v1/completions", webui | {"dynamic_temperature": False}).json()["choices"][0]["text"]
     assert off == plain  # the switch off: the range is not used either (text-generation-webui's rule)
+
+
+def test_max_tokens_second_paces_a_stream_and_changes_nothing_else(server):
+    """text-generation-webui's max_tokens_second: a stream sends at most that many tokens a second (it sleeps before
+    each); the text is the same, and a reply that is not streamed is not slowed."""
+    body = {"prompt": PROMPT, "max_tokens": 10, "temperature": 0, "ignore_eos": True}
+    plain = post(server, "/v1/completions", body).json()["choices"][0]["text"]
+    started = time.perf_counter()
+    events = sse_payloads(server, "/v1/completions", body | {"stream": True, "max_tokens_second": 20})
+    took = time.perf_counter() - started
+    texts = [d["choices"][0]["text"] for _, d in events if d != "[DONE]" and d["choices"][0]["text"]]
+    assert "".join(texts) == plain and len(texts) >= 5  # a token each (one that ends mid-character waits)
+    assert took >= (len(texts) - 1) / 20  # at least 1/20 s apart
+    r = post(server, "/v1/completions", body | {"max_tokens_second": 20})
+    assert r.json()["choices"][0]["text"] == plain and "max_tokens_second" not in r.headers.get("x-openhermes-ignored", "")

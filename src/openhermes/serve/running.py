@@ -32,7 +32,10 @@ async def run(state: ServerState, request: Request, gens: list[GenerationRequest
     def put(item):
         state.mailbox.put(events, item)
 
-    deltas = {i: Deltas(state.stream_interval, lambda text, i=i: put((i, "delta", text))) for i in range(len(gens))}
+    # text-generation-webui's max_tokens_second: a stream sends at most that many deltas (tokens) a second, one each
+    pace = 1 / body.max_tokens_second if body.stream and body.max_tokens_second else 0.0
+    interval = 1 if pace else state.stream_interval
+    deltas = {i: Deltas(interval, lambda text, i=i: put((i, "delta", text))) for i in range(len(gens))}
 
     def on_done(i: int, result: GenerationResult) -> None:
         deltas[i].flush()
@@ -120,14 +123,17 @@ async def run(state: ServerState, request: Request, gens: list[GenerationRequest
                     yield shape.event(shape.chunk(rid, created, opening, include_usage))
             for i in list(results):  # nothing to generate: finished at once
                 yield shape.event(shape.chunk(rid, created, shape.closing(i, results[i]), include_usage))
-            first = True
+            first, last = True, 0.0
             while len(results) < len(gens):
-                texts, ends = await _drain(events)
+                texts, ends = await _drain(events, one=bool(pace))
                 for i, text in texts.items():
                     lps = seqs[i].logprobs
                     new = lps[sent[i]:] if lps is not None else None
                     sent[i] += len(new or ())
                     if text or new:
+                        if pace:  # the decoder runs on at its own speed; only this stream waits
+                            await asyncio.sleep(max(0.0, last + pace - time.perf_counter()))
+                            last = time.perf_counter()
                         if first:
                             metrics.ttft.observe(time.perf_counter() - started)
                             first = False
@@ -154,11 +160,11 @@ async def run(state: ServerState, request: Request, gens: list[GenerationRequest
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
 
 
-async def _drain(events: asyncio.Queue) -> tuple[dict[int, str], dict[int, tuple]]:
-    """Wait for events, then take all that are waiting: (joined text per choice, end event per choice).
-    A busy server so sends fewer, larger chunks instead of falling behind the decoder."""
+async def _drain(events: asyncio.Queue, one: bool = False) -> tuple[dict[int, str], dict[int, tuple]]:
+    """Wait for events, then take all that are waiting (`one`: only the first): (joined text per choice, end event
+    per choice). A busy server so sends fewer, larger chunks instead of falling behind the decoder."""
     items = [await events.get()]
-    while not events.empty():
+    while not one and not events.empty():
         items.append(events.get_nowait())
     texts: dict[int, str] = {}
     ends: dict[int, tuple] = {}

@@ -227,6 +227,7 @@ class SamplingFields(BaseModel):
     dynatemp_high: Annotated[Float, Field(ge=0, le=100)] | None = None
     dynatemp_range: Annotated[Float, Field(ge=0, le=100)] | None = None
     dynatemp_exponent: Annotated[Float, Field(gt=0, le=100)] | None = None
+    max_tokens_second: Annotated[int, Field(ge=0, le=1000)] | None = None  # text-generation-webui's stream pace
     num_beams: Annotated[int, Field(ge=1)] | None = None
     penalty_alpha: Annotated[Float, Field(ge=0)] | None = None
     guidance_scale: Float | None = None
