@@ -54,8 +54,8 @@ def page(tavern):
         browser.close()
 
 
-@pytest.mark.parametrize(("api_type", "streaming"), [("ooba", False), ("llamacpp", True), ("koboldcpp", True)])
-def test_sillytavern_ui_chats_through_each_local_type(page, backend, api_type, streaming):
+def connect(page, backend, api_type: str) -> None:
+    """API Connections -> Text Completion -> the type -> the URL -> Connect, until the status names the model."""
     page.click("#API-status-top")
     page.select_option("#main_api", "textgenerationwebui")
     page.select_option("#textgen_type", api_type)
@@ -66,12 +66,11 @@ def test_sillytavern_ui_chats_through_each_local_type(page, backend, api_type, s
                            ".some(e => e.offsetParent && e.textContent.trim() === 'tiny-chat')")
     page.click("#API-status-top")  # the drawer closes
 
-    # the sampler panel's seed and streaming switch, as its inputs set them
-    page.evaluate("""s => { $('#seed_textgenerationwebui').val(7).trigger('input');
-                            $('#streaming_textgenerationwebui').prop('checked', s).trigger('input'); }""", streaming)
+
+def send(page, message: str) -> tuple[list[dict], str, str]:
+    """A message from the chat box: (the bodies the page sent, the reply in SillyTavern's chat, the text shown)."""
     sent = []
     page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith(GENERATE) else None)
-    message = f"Hello there, who are you? ({api_type})"  # one chat goes on over the tests: each its own line
     page.fill("#send_textarea", message)
     page.click("#send_but")
     # SillyTavern's chat array: its welcome messages, then ours, then the reply once generation has ended
@@ -83,14 +82,44 @@ def test_sillytavern_ui_chats_through_each_local_type(page, backend, api_type, s
         const mine = chat.findIndex(m => m.is_user && m.mes === message);
         return chat.slice(mine + 1).find(m => !m.is_user && !m.is_system).mes; }""", message)
     shown = page.locator("#chat .mes").last.locator(".mes_text").inner_text()
+    return sent, reply, shown
+
+
+def resent(backend, body: dict) -> str:
+    """The reference: the body the page sent, sent straight to the server."""
+    direct = httpx.post(backend.url + "/v1/completions", json=body | {"stream": False}, timeout=120)
+    assert direct.status_code == 200, direct.text
+    return direct.json()["choices"][0]["text"]
+
+
+@pytest.mark.parametrize(("api_type", "streaming"), [("ooba", False), ("llamacpp", True), ("koboldcpp", True)])
+def test_sillytavern_ui_chats_through_each_local_type(page, backend, api_type, streaming):
+    connect(page, backend, api_type)
+    # the sampler panel's seed and streaming switch, as its inputs set them
+    page.evaluate("""s => { $('#seed_textgenerationwebui').val(7).trigger('input');
+                            $('#streaming_textgenerationwebui').prop('checked', s).trigger('input'); }""", streaming)
+    message = f"Hello there, who are you? ({api_type})"  # one chat goes on over the tests: each its own line
+    sent, reply, shown = send(page, message)
 
     assert len(sent) == 1
     body = sent[0]
     assert body["api_type"] == api_type and body["seed"] == 7 and bool(body.get("stream")) == streaming
     assert body["prompt"].rstrip().endswith(f"Ann: {message}\nAssistant:")
-    direct = httpx.post(backend.url + "/v1/completions", json=body | {"stream": False}, timeout=120)
-    assert direct.status_code == 200, direct.text
-    text = direct.json()["choices"][0]["text"]
+    text = resent(backend, body)
     assert text.strip(), json.dumps(body)[:500]
     assert reply.strip() == text.strip()
     assert shown.split()[:3] == text.split()[:3]  # the page shows it (markdown rendering aside)
+
+
+def test_a_quoted_line_in_the_banned_box_never_reaches_the_chat(page, backend):
+    """SillyTavern's Banned Tokens/Strings box: a line in quotes is sent as a banned string. Banning the letter e
+    takes back every token that would write one, streamed; the chat shows a reply without it."""
+    connect(page, backend, "ooba")
+    page.evaluate("""() => { $('#seed_textgenerationwebui').val(7).trigger('input');
+                             $('#streaming_textgenerationwebui').prop('checked', true).trigger('input');
+                             $('#banned_tokens_textgenerationwebui').val('"e"').trigger('input'); }""")
+    sent, reply, _ = send(page, "Tell me about the forest here, please.")
+    assert sent[0]["banned_strings"] == ["e"]
+    assert reply.strip() and "e" not in reply.lower()
+    assert reply.strip() == resent(backend, sent[0]).strip()
+    page.evaluate("() => $('#banned_tokens_textgenerationwebui').val('').trigger('input')")
