@@ -132,3 +132,19 @@ def test_a_stop_string_and_a_banned_string_together(engine, plain):
     both = engine.generate([GenerationRequest(prompts[0], GREEDY, LENGTH, stop=(stop,), ignore_eos=True,
                                               banned_strings=(ban,))])[0]
     assert both.finish_reason == "stop" and both.text == reply.text[:reply.text.find(stop)]
+
+
+def test_whichever_begins_first_of_a_stop_and_a_banned_string_in_one_token_wins(scripted, chatml_tokenizer):
+    """One token completes both: a stop string that begins first ends the reply there (the banned string after it
+    is cut away with the rest); a banned string that begins first takes the token back (the stop was in it)."""
+    engine, ids = scripted("green yellow violet answer")
+    prompt = engine.chat_prompt([{"role": "user", "content": "hi"}])
+    k, piece = next((k, t) for k, i in enumerate(ids) if len(t := chatml_tokenizer.decode([i]).strip()) >= 4)
+    full = engine.generate([GenerationRequest(prompt, GREEDY, 20)])[0].text
+    first, last = piece[:2], piece[-2:]
+    stopped = engine.generate([GenerationRequest(prompt, GREEDY, 20, stop=(first,), banned_strings=(last,))])[0]
+    assert stopped.finish_reason == "stop" and stopped.stop_string == first
+    assert stopped.text == full[:full.find(first)]
+    taken = engine.generate([GenerationRequest(prompt, GREEDY, 20, stop=(last,), banned_strings=(first,))])[0]
+    assert taken.token_ids[:k] == ids[:k] and taken.token_ids[k] != ids[k]
+    assert first.lower() not in taken.text.lower()

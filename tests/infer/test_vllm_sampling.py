@@ -188,6 +188,8 @@ FIELDS = {
     "eta_cutoff": (3.0, "ours"), "smoothing_factor": (0.3, "ours"), "smoothing_curve": (2.0, "native"),
     "temperature_last": (False, "native"), "encoder_repetition_penalty": (1.2, "ours"),
     "no_repeat_ngram_size": (3, "ours"), "sampler_order": (("temperature", "top_k"), "ours"),
+    "dynamic_temperature": (True, "ours"), "dynatemp_low": (0.5, "native"), "dynatemp_high": (1.5, "native"),
+    "dynatemp_exponent": (2.0, "native"),
 }
 VLLM_NAMES = {"temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed"}
 

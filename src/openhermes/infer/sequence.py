@@ -192,26 +192,31 @@ class Sequence:
                 searched = len(self.text)
                 self.text += after[len(before):]
                 self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-                if not self._take_back_banned(searched, final):
-                    self._find_stop(searched)
+                stop, banned = self._stop_at(searched), self._banned_at(searched)
+                if banned is not None and (stop is None or banned < stop[0]):
+                    self._take_back(banned, final)
+                elif stop is not None:
+                    self.text, self.stop_string = self.text[:stop[0]], stop[1]
+                    self.finish_reason = "stop"
         if not final and len(self.marks) < len(self.generated):
             self.marks.append((len(self.text), self.prefix_offset, self.read_offset))
 
-    def _take_back_banned(self, searched: int, final: bool) -> bool:
-        """Whether a banned string is now complete (text from `searched` on is new). If so, the reply goes back
-        to the token where it begins, and that token is banned there; at the end of a reply (nothing more will be
-        drawn) the text is cut there instead, as at a stop string."""
+    def _banned_at(self, searched: int) -> int | None:
+        """Where the first banned string now complete begins (text from `searched` on is new), or None."""
         if not self.banned_strings:
-            return False
+            return None
         low = max(0, searched - max(map(len, self.banned_strings)) + 1)  # only the end can hold a new one
         folded = _fold(self.text[low:])
         starts = [i for s in self.banned_strings if (i := folded.find(s, max(0, searched - low - len(s) + 1))) >= 0]
-        if not starts:
-            return False
-        start = low + min(starts)
+        return low + min(starts) if starts else None
+
+    def _take_back(self, start: int, final: bool) -> None:
+        """A banned string begins at character `start`: the reply goes back to the token where it begins, and that
+        token is banned there; at the end of a reply (nothing more will be drawn) the text is cut there instead,
+        as at a stop string."""
         if final:
             self.text = self.text[:start]
-            return False  # a stop string before it still ends the reply there
+            return
         keep = bisect.bisect_right([m[0] for m in self.marks], start)  # the token whose text holds `start`
         dropped = len(self.generated) - keep
         self.position_bans = {p: b for p, b in self.position_bans.items() if p < keep}
@@ -226,7 +231,6 @@ class Sequence:
         self.text = self.text[:size]
         self.taken_back += dropped
         self.kv_stale = True
-        return True
 
     def finish_cancelled(self) -> None:
         self.finish("cancelled")
@@ -237,15 +241,14 @@ class Sequence:
         self._decode(final=True)
         self._emit()
 
-    def _find_stop(self, searched: int) -> None:
-        cut = None
+    def _stop_at(self, searched: int) -> tuple[int, str] | None:
+        """(where, which) of the first stop string now complete (text from `searched` on is new), or None."""
+        found = None
         for s in self.stops:
             i = self.text.find(s, max(0, searched - len(s) + 1))
-            if i >= 0 and (cut is None or i < cut):
-                cut, self.stop_string = i, s
-        if cut is not None:
-            self.text = self.text[:cut]
-            self.finish_reason = "stop"
+            if i >= 0 and (found is None or i < found[0]):
+                found = (i, s)
+        return found
 
     def _holdback(self) -> int:
         """Characters at the end that could still grow into a stop string, or into a banned string: those from
