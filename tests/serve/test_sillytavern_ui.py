@@ -123,3 +123,44 @@ def test_a_quoted_line_in_the_banned_box_never_reaches_the_chat(page, backend):
     assert reply.strip() and "e" not in reply.lower()
     assert reply.strip() == resent(backend, sent[0]).strip()
     page.evaluate("() => $('#banned_tokens_textgenerationwebui').val('').trigger('input')")
+
+
+def cancelled(backend) -> float:
+    """The server's count of requests stopped because their client went away (its /metrics)."""
+    for line in httpx.get(backend.url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith("openhermes_cancelled_requests_total "):
+            return float(line.split()[1])
+    raise AssertionError("no cancelled-requests counter in /metrics")
+
+
+def test_swipe_and_stop_in_sillytavern_page(page, backend):
+    """A swipe (the arrow on the last reply) sends the same prompt again and shows the new reply as a second swipe;
+    Stop during a streamed reply ends it, and the server stops decoding it (its metrics count it cancelled)."""
+    connect(page, backend, "llamacpp")
+    page.evaluate("""() => { $('#seed_textgenerationwebui').val(-1).trigger('input');
+                             $('#streaming_textgenerationwebui').prop('checked', true).trigger('input'); }""")
+    sent, first, _ = send(page, "Tell me a story about the river.")
+    page.locator("#chat .last_mes .swipe_right").click()
+    page.wait_for_function("""() => { const m = SillyTavern.getContext().chat.at(-1);
+        return m.swipes?.length === 2 && m.swipes[1] && $('#mes_stop').is(':hidden'); }""")
+    last = page.evaluate("() => SillyTavern.getContext().chat.at(-1)")
+    assert len(sent) == 2 and sent[1]["prompt"] == sent[0]["prompt"]
+    assert last["swipes"][0] == first and last["mes"] == last["swipes"][1]
+
+    before = cancelled(backend)
+    page.evaluate("""() => { $('#amount_gen').val(2000).trigger('input');  // a reply long enough to stop
+                             $('#ban_eos_token_textgenerationwebui').prop('checked', true).trigger('input'); }""")
+    page.fill("#send_textarea", "Now a long one, please.")
+    page.click("#send_but")
+    page.wait_for_function("() => $('#mes_stop').is(':visible') && SillyTavern.getContext().chat.at(-1).mes?.length > 0"
+                           " && !SillyTavern.getContext().chat.at(-1).is_user")
+    page.click("#mes_stop")
+    page.wait_for_function("() => $('#mes_stop').is(':hidden')")
+    page.evaluate("""() => { $('#amount_gen').val(250).trigger('input');
+                             $('#ban_eos_token_textgenerationwebui').prop('checked', false).trigger('input'); }""")
+    for _ in range(100):
+        if cancelled(backend) > before:
+            break
+        page.wait_for_timeout(100)
+    assert cancelled(backend) == before + 1
+    assert len(sent) == 3 and sent[2]["ban_eos_token"] is True
