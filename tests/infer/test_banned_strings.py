@@ -148,3 +148,19 @@ def test_whichever_begins_first_of_a_stop_and_a_banned_string_in_one_token_wins(
     taken = engine.generate([GenerationRequest(prompt, GREEDY, 20, stop=(last,), banned_strings=(first,))])[0]
     assert taken.token_ids[:k] == ids[:k] and taken.token_ids[k] != ids[k]
     assert first.lower() not in taken.text.lower()
+
+
+def test_the_longest_start_at_the_end_equals_trying_every_length():
+    """What is held back: the longest end of the text that is the start (not the whole) of a string, found from the
+    starts indexed by their last character, equals trying every length of every string."""
+    import random
+
+    from openhermes.infer.sequence import Starts
+
+    rng = random.Random(3)
+    for _ in range(300):
+        strings = tuple("".join(rng.choice("abc ") for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(0, 4)))
+        text = "".join(rng.choice("abc ") for _ in range(rng.randint(0, 8)))
+        every = max((k for s in strings for k in range(1, len(s)) if k <= len(text) and text.endswith(s[:k])),
+                    default=0)
+        assert Starts(strings).longest_at_end(text) == every, (strings, text)

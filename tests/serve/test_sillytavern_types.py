@@ -296,6 +296,8 @@ def test_banned_strings_never_reach_the_reply_through_each_types_route(server):
     assert post(server, "/api/v1/generate", kobold | {"banned_tokens": [ban]}).json()["results"][0]["text"] == text
     one = post(server, "/v1/completions", base | {"banned_strings": ban}).json()["choices"][0]["text"]
     assert one == text  # one string for a list of one
+    for bad in (["x" * 201], ["a"] * 257, [3]):  # bounded: each one is matched at every token
+        assert post(server, "/v1/completions", base | {"banned_strings": bad}).status_code == 400
 
 
 def test_dynamic_temperature_in_each_types_spelling(server):

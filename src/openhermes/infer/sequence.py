@@ -88,6 +88,8 @@ class Sequence:
         self.stop_ids = frozenset() if request.ignore_eos else stop_ids
         self.stops = tuple(s for s in request.stop if s)
         self.banned_strings = tuple(_fold(s) for s in request.banned_strings if s)
+        self._stop_starts, self._banned_starts = Starts(self.stops), Starts(self.banned_strings)
+        self._banned_len = max(map(len, self.banned_strings), default=0)
         self.position_bans: dict[int, set[int]] = {}  # reply position -> tokens taken back from there
         self.taken_back = 0  # tokens taken back in all (a batch re-feeds the reply from where it now ends)
         self.kv_stale = False  # set when tokens were taken back: the engine's KV holds some the reply no longer has
@@ -205,7 +207,7 @@ class Sequence:
         """Where the first banned string now complete begins (text from `searched` on is new), or None."""
         if not self.banned_strings:
             return None
-        low = max(0, searched - max(map(len, self.banned_strings)) + 1)  # only the end can hold a new one
+        low = max(0, searched - self._banned_len + 1)  # only the end can hold a new one
         folded = _fold(self.text[low:])
         starts = [i for s in self.banned_strings if (i := folded.find(s, max(0, searched - low - len(s) + 1))) >= 0]
         return low + min(starts) if starts else None
@@ -253,9 +255,9 @@ class Sequence:
     def _holdback(self) -> int:
         """Characters at the end that could still grow into a stop string, or into a banned string: those from
         the start of the token where it would begin (taking it back takes the whole token)."""
-        hold = _partial(self.text, self.stops)
+        hold = self._stop_starts.longest_at_end(self.text)
         if self.banned_strings:
-            partial = _partial(_fold(self.text[-max(map(len, self.banned_strings)):]), self.banned_strings)
+            partial = self._banned_starts.longest_at_end(_fold(self.text[-self._banned_len:]))
             if partial:
                 token = bisect.bisect_right([m[0] for m in self.marks], len(self.text) - partial)
                 hold = max(hold, len(self.text) - (self.marks[token - 1][0] if token else 0))
@@ -278,12 +280,22 @@ class Sequence:
                                 self.stop_string)
 
 
-def _partial(text: str, strings: tuple[str, ...]) -> int:
-    """The longest end of `text` that is the start (not the whole) of one of `strings`."""
-    hold = 0
-    for s in strings:
-        for k in range(min(len(s) - 1, len(text)), hold, -1):
-            if text.endswith(s[:k]):
-                hold = k
-                break
-    return hold
+class Starts:
+    """The starts (not the whole) of some strings, indexed by their last character: what ends a text and could still
+    grow into one of them is found from the few starts ending in the text's last character, not by trying every
+    length of every string at every token (a client may send hundreds of banned strings)."""
+
+    def __init__(self, strings: tuple[str, ...]):
+        self.by_last: dict[str, list[tuple[int, str]]] = {}  # last character -> (length, string) of each start
+        for s in strings:
+            for k in range(1, len(s)):
+                self.by_last.setdefault(s[k - 1], []).append((k, s))
+        for starts in self.by_last.values():
+            starts.sort(key=lambda start: start[0], reverse=True)
+
+    def longest_at_end(self, text: str) -> int:
+        """The length of the longest end of `text` that is one of the starts (0 for none)."""
+        for k, s in self.by_last.get(text[-1:], ()):
+            if k <= len(text) and s.startswith(text[-k:]):
+                return k
+        return 0

@@ -219,7 +219,8 @@ class SamplingFields(BaseModel):
     sampler_order: Annotated[list[str], Field(max_length=64)] | None = None
     custom_token_bans: str | list[int] | None = None  # "12, 345" (text-generation-webui) or ids
     # never in the reply, in any case (taken back and drawn again); text-generation-webui's, KoboldCpp's phrase bans
-    banned_strings: str | Annotated[list[str], Field(max_length=256)] | None = None
+    banned_strings: Annotated[str, Field(max_length=200)] \
+        | Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=256)] | None = None
     # dynamic temperature: text-generation-webui's switch and bounds, or llama.cpp's / KoboldCpp's range around
     # the temperature (SillyTavern sends both)
     dynamic_temperature: bool | None = None
