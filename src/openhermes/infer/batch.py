@@ -142,7 +142,7 @@ class Slab:
 
     def row_kv(self, row: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """One row's real tokens, (1, heads, n, dim) per layer: views, or copies where the row has masked holes
-        (tokens taken back: drop_last)."""
+        (tokens taken back: keep_first)."""
         real = self.mask[row, self.start:self.end]
         n = int(real.sum())
         if bool(real[self.width - n:].all()):
@@ -151,14 +151,11 @@ class Slab:
         cols = real.nonzero()[:, 0] + self.start
         return [(k[row:row + 1, :, cols], v[row:row + 1, :, cols]) for k, v in zip(self.keys, self.values, strict=True)]
 
-    def real_tokens(self, row: int) -> int:
-        return int(self.mask[row, self.start:self.end].sum())
-
-    def drop_last(self, row: int, count: int) -> None:
-        """Mask out a row's last `count` real tokens (taken back): a masked column is never read again, so the
-        row's KV is what it was before them, and its later tokens are written at `end` as usual."""
+    def keep_first(self, row: int, count: int) -> None:
+        """Mask out a row's real tokens after its first `count` (taken back): a masked column is never read again, so
+        the row's KV is what it was before them, and its later tokens are written at `end` as usual."""
         cols = self.mask[row, self.start:self.end].nonzero()[:, 0]
-        self.mask[row, self.start + cols[len(cols) - count:]] = 0
+        self.mask[row, self.start + cols[count:]] = 0
 
     def keep(self, live: list[int]) -> list[int]:
         """Keep these rows: rows past the new count move into the free places (one row copy each).
@@ -477,7 +474,7 @@ class Batch:
         for i, seq in enumerate(self.rows):
             if seq.kv_stale:
                 seq.kv_stale = False
-                self.slab.drop_last(i, self.slab.real_tokens(i) - (len(seq.ids) - 1))
+                self.slab.keep_first(i, len(seq.ids) - 1)
                 self.positions[i] = len(seq.ids) - 1
                 self.padded = True
 

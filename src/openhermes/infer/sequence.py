@@ -219,7 +219,7 @@ class Sequence:
         if final:
             self.text = self.text[:start]
             return
-        keep = bisect.bisect_right([m[0] for m in self.marks], start)  # the token whose text holds `start`
+        keep = self._token_holding(start)
         dropped = len(self.generated) - keep
         self.position_bans = {p: b for p, b in self.position_bans.items() if p < keep}
         self.position_bans.setdefault(keep, set()).add(self.generated[keep])
@@ -259,9 +259,13 @@ class Sequence:
         if self.banned_strings:
             partial = self._banned_starts.longest_at_end(_fold(self.text[-self._banned_len:]))
             if partial:
-                token = bisect.bisect_right([m[0] for m in self.marks], len(self.text) - partial)
+                token = self._token_holding(len(self.text) - partial)
                 hold = max(hold, len(self.text) - (self.marks[token - 1][0] if token else 0))
         return hold
+
+    def _token_holding(self, char: int) -> int:
+        """The index of the reply token whose text holds character `char` (the first whose text ends after it)."""
+        return bisect.bisect_right(self.marks, char, key=lambda mark: mark[0])
 
     def _emit(self) -> None:
         end = len(self.text) if self.done else len(self.text) - self._holdback()
