@@ -25,6 +25,7 @@ from openhermes.train import cpu_kernels
 from openhermes.train.callbacks import ProgressAndLog, TokenCounter, plot_loss
 from openhermes.train.collate import PackedCollator
 from openhermes.train.neftune import PackedNEFTune
+from openhermes.train.trained_logits import TrainedPositionsHead, next_token_labels
 
 
 @dataclass
@@ -66,12 +67,24 @@ def ensure_base_model(recipe: Recipe, cache: Path = DEFAULT_CACHE) -> str:
 
 
 class OpenHermesTrainer(Trainer):
-    """transformers' Trainer, plus trained-token counting and atomic checkpoints."""
+    """transformers' Trainer, plus trained-token counting, logits only where a label is trained, and atomic
+    checkpoints."""
 
-    def __init__(self, *args, token_counter: TokenCounter, **kwargs):
+    def __init__(self, *args, token_counter: TokenCounter, trained_head: TrainedPositionsHead | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.token_counter = token_counter
+        self.trained_head = trained_head
         self._staging: str | None = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.trained_head is None or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        shifted = next_token_labels(inputs["labels"])
+        keep = shifted != -100
+        with self.trained_head.only(keep):
+            return super().compute_loss(model, {**inputs, "shift_labels": shifted[keep]}, return_outputs,
+                                        num_items_in_batch)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.token_counter.trained += int((inputs["labels"] != -100).sum())
@@ -217,12 +230,14 @@ def build(recipe: Recipe, out_dir: Path, show_progress: bool = True, cache: Path
                            target_linear=recipe.lora_target_linear, target_modules=recipe.lora_target_modules,
                            added_ids=added, modules_to_save=recipe.lora_modules_to_save)
     neftune = PackedNEFTune(model, recipe.noisy_embedding_alpha) if recipe.noisy_embedding_alpha else None
+    # Not under DeepSpeed or FSDP: their wrappers gather and shard the head in ways not tested here.
+    trained_head = None if (recipe.deepspeed or recipe.fsdp) else TrainedPositionsHead(model)
     counter = TokenCounter()
     trainer = OpenHermesTrainer(
         model=model, args=args, train_dataset=data["train"],
         eval_dataset=data["validation"] if "validation" in data else None,
         data_collator=PackedCollator(tokenizer.pad_token_id, recipe.sequence_len if recipe.pad_to_sequence_len else None),
-        processing_class=tokenizer, token_counter=counter,
+        processing_class=tokenizer, token_counter=counter, trained_head=trained_head,
         callbacks=[ProgressAndLog(out_dir / "log.jsonl", counter, show_progress), _tensorboard(out_dir)],
     )
     trainer.remove_callback(PrinterCallback)  # our bar and log.jsonl replace the raw dict prints
@@ -307,6 +322,8 @@ def train(recipe: Recipe, out_dir: str | Path | None = None, resume: bool = Fals
     output = trainer.train(resume_from_checkpoint=checkpoint)
     if neftune is not None:
         neftune.remove()
+    if trainer.trained_head is not None:
+        trainer.trained_head.remove()
     model_dir = save_final(trainer, tokenizer, out, bool(recipe.adapter), overwrite)
     plot = plot_loss(out / "log.jsonl", out / "loss.png") if trainer.args.should_save else None
     metrics = dict(output.metrics) | {"trained_tokens": counter.trained}
