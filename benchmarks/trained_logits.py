@@ -9,6 +9,7 @@ backward and an AdamW update. Prints ms/step for each and the ratio.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -34,7 +35,7 @@ def main() -> None:
     trainer, *_ = build(recipe, Path(tempfile.mkdtemp(prefix="ohlogits-")), show_progress=False)
     model = trainer.model
     model.train()
-    batches = [b for _, b in zip(range(args.steps), trainer.get_train_dataloader())]
+    batches = list(itertools.islice(trainer.get_train_dataloader(), args.steps))
     opt = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: every block sees the same weights
 
     def trained_positions(b):
