@@ -94,12 +94,13 @@ def test_perplexity_and_kl_are_ordered_by_precision(exports):
     ppl = {t: r.perplexity for t, r in results.items()}
     kl = {t: r.kl_mean for t, r in results.items()}
     assert results["f16"].kl_mean == pytest.approx(0, abs=1e-9) and results["f16"].tokens > 500
-    # On a model this small quantization noise moves perplexity either way by about 1% (measured on an AMD EPYC
-    # with AVX2: Q4_K_M 1.1% below f16), so perplexity is only bounded; the divergence from f16 is what orders
-    # the types, by a factor of 5 or more between neighbours (there: 8e-5, 4e-4, 3e-3, 6e-2).
+    # On a model this small quantization noise moves perplexity either way, so perplexity is only bounded, by
+    # precision; the divergence from f16 is what orders the types. Measured over the recipe's seeds 42, 1, 2 on an
+    # AMD EPYC with AVX2: q8_0 and Q6_K within 0.2% of f16, Q4_K_M within 1.1%, Q2_K -7.1%, +19.6%, +5.0% (2 bits:
+    # the seed decides which way); KL 4-5e-5, 3-5e-4, 3.5-5e-3, 5-7e-2, a factor of 6 or more between neighbours.
+    bounds = {"f16": 0.0, "q8_0": 0.01, "Q6_K": 0.01, "Q4_K_M": 0.05, "Q2_K": 0.5}
     for t in order:
-        assert ppl[t] == pytest.approx(ppl["f16"], rel=0.05), t
-    assert ppl["q8_0"] == pytest.approx(ppl["f16"], rel=0.01)
+        assert ppl[t] == pytest.approx(ppl["f16"], rel=bounds[t], abs=1e-9), (t, ppl)
     assert kl["Q2_K"] > kl["Q4_K_M"] > kl["Q6_K"] > kl["q8_0"] > 0
     sizes = {t: files[t].stat().st_size for t in order}
     assert sizes["f16"] > sizes["q8_0"] > sizes["Q6_K"] > sizes["Q4_K_M"] > sizes["Q2_K"]
