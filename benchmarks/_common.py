@@ -102,7 +102,7 @@ def embedded_model_folder(path: Path | None, tmp: Path) -> Path:
         return path
     from openhermes.config import load_recipe
     from openhermes.model.load import load_model, load_tokenizer
-    from openhermes.train.run import ensure_base_model
+    from openhermes.train.base_model import ensure_base_model
 
     base = ensure_base_model(load_recipe("tiny"))
     tok = load_tokenizer(base, "chatml")

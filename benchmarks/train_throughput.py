@@ -33,7 +33,8 @@ def main() -> None:
     from openhermes.data.prepare import resolve_dataset_path
     from openhermes.data.readers import read_records
     from openhermes.model.load import use_bf16
-    from openhermes.train.run import build, ensure_base_model
+    from openhermes.train.base_model import ensure_base_model
+    from openhermes.train.run import build
 
     work = Path(tempfile.mkdtemp(prefix="ohtrain-"))
     recipe = load_recipe("tiny", [f"micro_batch_size={args.batch}", f"max_steps={args.steps}", "logging_steps=1000",

@@ -24,7 +24,7 @@ def data_prepare(
     from openhermes.data.prepare import prepare
     from openhermes.model.load import ModelLoadError, load_tokenizer
     from openhermes.outputs import OutputError
-    from openhermes.train.run import ensure_base_model
+    from openhermes.train.base_model import ensure_base_model
 
     r = _recipe(recipe, set_)
     try:

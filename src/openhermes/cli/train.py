@@ -69,7 +69,7 @@ def _demo_report(recipe, result) -> None:
     from openhermes.data import demo
     from openhermes.model.load import load_model
     from openhermes.train import demo_report
-    from openhermes.train.run import ensure_base_model
+    from openhermes.train.base_model import ensure_base_model
 
     sizes = dict(p for d in recipe.datasets if (p := demo.parse_demo_path(d.path)))
     items = demo.held_out(train_chat=sizes.get("chat", 0), train_roleplay=sizes.get("roleplay", 0))

@@ -19,7 +19,8 @@ from pathlib import Path
 from openhermes.config import Recipe
 from openhermes.data.prepare import DEFAULT_CACHE, prepare
 from openhermes.model.load import load_tokenizer
-from openhermes.train.run import claim_run_folder, ensure_base_model
+from openhermes.train.base_model import ensure_base_model
+from openhermes.train.run_folder import claim_run_folder
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import warnings
@@ -10,21 +9,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import xxhash
 from transformers import PrinterCallback, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from openhermes import outputs
 from openhermes.config import Recipe
-from openhermes.data.prepare import DEFAULT_CACHE, Prepared, prepare, resolve_dataset_path
-from openhermes.data.readers import read_records
-from openhermes.formats import get_format
-from openhermes.model import tiny
+from openhermes.data.prepare import DEFAULT_CACHE, Prepared, prepare
 from openhermes.model.load import apply_lora, keep_sentencepiece_model, load_model, load_tokenizer, use_bf16, weight_dtype
 from openhermes.train import cpu_kernels
+from openhermes.train.base_model import ensure_base_model
 from openhermes.train.callbacks import ProgressAndLog, TokenCounter, plot_loss
 from openhermes.train.collate import PackedCollator
 from openhermes.train.neftune import PackedNEFTune
+from openhermes.train.run_folder import claim_run_folder, final_folder
 from openhermes.train.trained_logits import TrainedPositionsHead, next_token_labels
 
 
@@ -37,33 +34,6 @@ class TrainResult:
     plot_path: Path | None
     prepared: Prepared
     metrics: dict = field(default_factory=dict)
-
-
-def _texts_for_tokenizer(recipe: Recipe, cache: Path):
-    """The recipe's own text, as the tokenizer of a from-scratch model sees it (no control tokens)."""
-    for spec in recipe.datasets:
-        fmt = get_format(spec.format or recipe.prompt_format)
-        path = resolve_dataset_path(spec.path, cache)
-        for conv in read_records(path, spec.type, spec.split, spec.name, spec.data_files):
-            if hasattr(conv, "messages"):
-                yield "".join(s.text for s in fmt.segments(conv) if s.kind == "text")
-
-
-def ensure_base_model(recipe: Recipe, cache: Path = DEFAULT_CACHE) -> str:
-    """`base_model: tiny` builds the from-scratch base model once (keyed by its settings and data)."""
-    if recipe.base_model != "tiny":
-        return recipe.base_model
-    settings = dict(recipe.tiny)
-    vocab = settings.pop("vocab_size", 1024)
-    seed = settings.pop("seed", recipe.seed)
-    code = xxhash.xxh3_64(Path(tiny.__file__).read_bytes()).hexdigest()  # a change to the builder rebuilds
-    key = xxhash.xxh3_64(json.dumps([settings, vocab, seed, [d.path for d in recipe.datasets], code],
-                                    sort_keys=True).encode()).hexdigest()
-    out = cache / "tiny-base" / key
-    with outputs.folder_lock(out):  # two launchers sharing a cache build it once
-        if not (out / "config.json").exists():
-            tiny.build_base(out, _texts_for_tokenizer(recipe, cache), vocab_size=vocab, seed=seed, **settings)
-    return str(out)
 
 
 class OpenHermesTrainer(Trainer):
@@ -244,11 +214,6 @@ def build(recipe: Recipe, out_dir: Path, show_progress: bool = True, cache: Path
     return trainer, tokenizer, prepared, counter, neftune
 
 
-def final_folder(out_dir: Path, is_adapter: bool) -> tuple[Path, str]:
-    kind = "adapter" if is_adapter else "model"
-    return out_dir / kind, kind
-
-
 def save_final(trainer: Trainer, tokenizer, out_dir: Path, is_adapter: bool, overwrite: bool = False) -> Path:
     """The model folder a user loads: config, safetensors, tokenizer (with tokenizer.model) and chat
     template, generation config. Saved by the trainer's own save_model on every rank, which gathers
@@ -284,21 +249,6 @@ def save_final(trainer: Trainer, tokenizer, out_dir: Path, is_adapter: bool, ove
         shutil.rmtree(out_dir / ".staging", ignore_errors=True)  # checkpoints' staging too: all are in place
     trainer.accelerator.wait_for_everyone()
     return target
-
-
-# What a training run writes in its folder (the marker lists them; checkpoints are added as saved).
-RUN_ENTRIES = ("log.jsonl", "tensorboard", "loss.png", "model", "adapter", "merged", "demo_report.json", ".staging")
-
-
-def claim_run_folder(out: Path, recipe: Recipe, overwrite: bool = False, claim: bool = True) -> None:
-    """Refuse a folder holding someone else's files before any work starts (outputs.py); with `claim`, mark it
-    as a run's."""
-    if claim:
-        outputs.claim_folder(out, "run", overwrite, RUN_ENTRIES)
-    else:
-        outputs.check_folder(out, "run", overwrite)
-    target, kind = final_folder(out, bool(recipe.adapter))
-    outputs.check_folder(target, kind, overwrite)
 
 
 def train(recipe: Recipe, out_dir: str | Path | None = None, resume: bool = False, show_progress: bool = True,
