@@ -51,7 +51,8 @@ def eval_(model: str | None = typer.Argument(None, help=MODEL_HELP),
                                                  "is available: the code then runs with only Python-level guards.")
           ) -> None:
     """Run the card's benchmark suites and print its tables (lm-evaluation-harness v0.3 method, SPEC §7)."""
-    from openhermes.eval.run import EvalConfig, evaluate, expand
+    from openhermes import outputs
+    from openhermes.eval.run import EvalConfig, evaluate, expand, is_results_file
     from openhermes.eval.sandbox import SandboxUnavailable
     from openhermes.outputs import OutputError
 
@@ -69,6 +70,11 @@ def eval_(model: str | None = typer.Argument(None, help=MODEL_HELP),
         _fail(f"--mc2 {mc2!r}: choose {' or '.join(MC2_RULES)}")
     if engine not in ("torch", "vllm"):
         _fail(f"--engine {engine!r}: eval runs on torch or vllm")
+    try:  # before the model loads (minutes for a 7B), not after
+        if output is not None:
+            outputs.check_file(output, is_results_file, "results file", overwrite)
+    except OutputError as e:
+        _fail(str(e))
     runner = _engine(model, adapter, device, engine, gpu=_gpu(tensor_parallel_size, gpu_memory_utilization,
                                                                max_model_len))
     try:

@@ -49,6 +49,12 @@ def train(
         except (ModelLoadError, ValueError, OutputError) as e:
             _fail(str(e))
         raise typer.Exit(code)
+    from openhermes.train.run_folder import claim_run_folder
+
+    try:  # refused before the Trainer stack is imported (seconds) and the model loads (minutes for a 7B)
+        claim_run_folder(out_dir, r, overwrite, claim=False)
+    except OutputError as e:
+        _fail(str(e))
     from openhermes.train.run import train as run_train
 
     warnings.filterwarnings("ignore", message=".*mean_resizing.*")

@@ -11,14 +11,14 @@ from openhermes.model.load import save_tokenizer
 
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str | None = None,
                   overwrite: bool = False) -> Path:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     adapter = Path(adapter_dir)
     cfg_path = adapter / "adapter_config.json"
     if not cfg_path.exists():
         raise FileNotFoundError(f"{adapter} is not a peft adapter folder (no adapter_config.json)")
-    outputs.check_folder(Path(out_dir), "model", overwrite)  # refuse before the work, not after
+    outputs.check_folder(Path(out_dir), "model", overwrite)  # refuse before the work (and peft's 5 s import)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     base = base_model or json.loads(cfg_path.read_text())["base_model_name_or_path"]
     tokenizer = AutoTokenizer.from_pretrained(str(adapter))
     model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
