@@ -41,9 +41,6 @@ def export(model: Path = typer.Argument(..., help="A model folder (full fine-tun
            overwrite: bool = typer.Option(False, help="Replace an existing file that openhermes did not write.")) -> None:
     """Write a GGUF file that llama.cpp and LM Studio run (architecture llama, chat template inside), or a
     GPTQ/AWQ/EXL2 folder as the card's quantized releases."""
-    from openhermes.export.gguf import ExportError, export_gguf
-    from openhermes.outputs import OutputError
-
     if to not in ("gguf", "gguf-lora", *QUANTIZED_FOLDERS):
         _fail(f"--to {to!r}: choose gguf, gguf-lora, gptq, awq or exl2")
     if check is not None and to == "gguf-lora":
@@ -60,6 +57,9 @@ def export(model: Path = typer.Argument(..., help="A model folder (full fine-tun
         _export_quantized_folder(model, to, out, check, calibration, bits, group_size, samples, seq_len, iters,
                                  overwrite)
         return
+    from openhermes.export.gguf import ExportError, export_gguf
+    from openhermes.outputs import OutputError
+
     try:
         if to == "gguf-lora":
             from openhermes.export.gguf_lora import export_lora_gguf
@@ -90,17 +90,7 @@ def _export_quantized_folder(model: Path, to: str, out: Path, check: Path | None
                              bits: float, group_size: int, samples: int, seq_len: int, iters: int,
                              overwrite: bool) -> None:
     """--to gptq|awq|exl2: calibration windows from the recipe's data, then the quantizer."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from openhermes.export.calibration import calibration_windows
-    from openhermes.export.exl2 import exl2_unavailable, export_exl2
-    from openhermes.export.gguf import ExportError
-    from openhermes.export.weight_only import export_weight_only
-    from openhermes.model.load import ModelLoadError
-    from openhermes.outputs import OutputError
-
-    if to == "exl2" and (why := exl2_unavailable()) is not None:
-        _fail(why)  # before any work
+    # The argument checks first: a mistyped option is answered before seconds of imports.
     if to != "exl2" and bits != int(bits):
         _fail(f"--bits {bits}: {to} takes a whole number of bits")
     if calibration is None:
@@ -108,6 +98,18 @@ def _export_quantized_folder(model: Path, to: str, out: Path, check: Path | None
               "a prepared data folder (`openhermes data prepare RECIPE --out DIR`)")
     if samples < 1 or seq_len < 2:
         _fail("--samples must be at least 1 and --seq-len at least 2")
+    from openhermes.export.exl2 import exl2_unavailable, export_exl2
+
+    if to == "exl2" and (why := exl2_unavailable()) is not None:
+        _fail(why)  # before any work
+    from transformers import AutoConfig, AutoTokenizer
+
+    from openhermes.export.calibration import calibration_windows
+    from openhermes.export.gguf import ExportError
+    from openhermes.export.weight_only import export_weight_only
+    from openhermes.model.load import ModelLoadError
+    from openhermes.outputs import OutputError
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model))
         config = AutoConfig.from_pretrained(str(model))
