@@ -71,6 +71,24 @@ def server(chat_model_dir):
     s.stop()
 
 
+@pytest.fixture(scope="session")
+def open_server(chat_model_dir):
+    """A server with no key (SillyTavern keeps keys in its own secrets store; lm-eval's local-completions sends
+    none), shared by the modules that drive it from another program."""
+    s = Server(chat_model_dir)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def sillytavern_url(tmp_path_factory):
+    """One SillyTavern (its npm release) for the session: starting it takes 10-20 s here."""
+    from tests.serve.sillytavern import running_sillytavern
+
+    with running_sillytavern(tmp_path_factory.mktemp("st-data")) as url:
+        yield url
+
+
 def with_context(src, dst, window: int):
     """A copy of a model folder with another context window (the tiny model is too fast for some tests
     at 2048 tokens, and too slow to fuzz)."""

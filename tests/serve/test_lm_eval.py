@@ -7,8 +7,6 @@ import random
 
 import pytest
 
-from tests.serve.conftest import Server
-
 TASK_YAML = """task: oh_sums
 dataset_path: json
 dataset_kwargs:
@@ -34,13 +32,6 @@ def sum_rows(n: int) -> list[dict]:
         rows.append({"id": f"s{i}", "question": f"What is {a} + {b}?", "answerKey": "ABCD"[texts.index(str(a + b))],
                      "choices": {"text": texts, "label": list("ABCD")}})
     return rows
-
-
-@pytest.fixture(scope="module")
-def open_server(chat_model_dir):
-    s = Server(chat_model_dir)
-    yield s
-    s.stop()
 
 
 def test_local_completions_agrees_with_openhermes_eval(tmp_path, open_server, chat_model_dir, chat_model,

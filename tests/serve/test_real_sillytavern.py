@@ -7,8 +7,7 @@ import json
 import httpx
 import pytest
 
-from tests.serve.conftest import Server
-from tests.serve.sillytavern import needs_sillytavern, running_sillytavern
+from tests.serve.sillytavern import needs_sillytavern
 from tests.serve.test_clients import sillytavern_body
 from tests.serve.test_sillytavern_types import CARD
 
@@ -17,16 +16,13 @@ TYPES = ("ooba", "llamacpp", "koboldcpp")
 
 
 @pytest.fixture(scope="module")
-def backend(chat_model_dir):
-    s = Server(chat_model_dir)  # no key: SillyTavern keeps keys in its own secrets store
-    yield s
-    s.stop()
+def backend(open_server):
+    return open_server
 
 
 @pytest.fixture(scope="module")
-def tavern(tmp_path_factory):
-    with running_sillytavern(tmp_path_factory.mktemp("st-data")) as url, \
-            httpx.Client(base_url=url, timeout=120) as client:
+def tavern(sillytavern_url):
+    with httpx.Client(base_url=sillytavern_url, timeout=120) as client:
         yield client
 
 

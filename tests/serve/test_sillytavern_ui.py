@@ -10,8 +10,7 @@ import shutil
 import httpx
 import pytest
 
-from tests.serve.conftest import Server
-from tests.serve.sillytavern import needs_sillytavern, running_sillytavern
+from tests.serve.sillytavern import needs_sillytavern
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [needs_sillytavern, pytest.mark.skipif(shutil.which(CHROMIUM) is None,
@@ -22,16 +21,13 @@ GENERATE = "/api/backends/text-completions/generate"
 
 
 @pytest.fixture(scope="module")
-def backend(chat_model_dir):
-    s = Server(chat_model_dir)
-    yield s
-    s.stop()
+def backend(open_server):
+    return open_server
 
 
 @pytest.fixture(scope="module")
-def tavern(tmp_path_factory):
-    with running_sillytavern(tmp_path_factory.mktemp("st-ui-data")) as url:
-        yield url
+def tavern(sillytavern_url):
+    return sillytavern_url
 
 
 @pytest.fixture
