@@ -19,6 +19,7 @@ def data_prepare(
     set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP),
 ) -> None:
     """Read, check, tokenize and pack a recipe's data sets into a cached Arrow folder."""
+    r = _recipe(recipe, set_)  # a mistyped key is answered before the imports
     from openhermes.data.checks import StrictError
     from openhermes.data.inspect import inspect
     from openhermes.data.prepare import prepare
@@ -26,7 +27,6 @@ def data_prepare(
     from openhermes.outputs import OutputError
     from openhermes.train.base_model import ensure_base_model
 
-    r = _recipe(recipe, set_)
     try:
         tok = load_tokenizer(ensure_base_model(r), r.prompt_format, r.special_tokens, r.tokens, r.add_bos)
         prep = prepare(r, tok, out_dir=out, strict=strict, overwrite=overwrite)

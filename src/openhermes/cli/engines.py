@@ -27,9 +27,6 @@ def _engine(model: str | None, adapter: Path | None, device: str | None, kind: s
             prefix_cache_mb: float = 1024, parallel: int = 4, ctx_size: int | None = None,
             threads: int | None = None, gpu: dict | None = None):
     """gpu: the vLLM engine's tensor_parallel_size, gpu_memory_utilization and max_model_len."""
-    from openhermes.infer.engine import Engine
-    from openhermes.model.load import ModelLoadError
-
     if kind == "vllm":
         from openhermes.infer.vllm_engine import EngineUnavailable, VllmEngine, require_vllm
 
@@ -56,6 +53,9 @@ def _engine(model: str | None, adapter: Path | None, device: str | None, kind: s
             _fail(str(e))
     if kind != "torch":
         _fail(f"--engine {kind!r}: choose torch, llama.cpp or vllm")
+    from openhermes.infer.engine import Engine  # here: the other engines answer without torch's 3 s of imports
+    from openhermes.model.load import ModelLoadError
+
     try:
         return Engine.load(_model_or_default(model), adapter=adapter, device=device, prefix_cache_mb=prefix_cache_mb)
     except ModelLoadError as e:
