@@ -49,9 +49,10 @@ def test_page_sends_a_message_and_streams_the_reply(page):
     reply = page.inner_text(".msg.assistant .body")
     assert page.inner_text(".msg.user .body") == "Go on and on."
     assert reply.strip(), page.inner_text("#status")
-    # the text arrived in pieces, not at once: the page showed partial replies before the whole one
+    # the text arrived in pieces, not at once: the page showed a partial reply before the whole one (94 partial
+    # lengths on an idle 2-core machine, 1 in a fresh clone's full suite, where the browser's reads coalesce)
     partial = {n for n in page.evaluate("window.lengths") if 0 < n < len(reply)}
-    assert len(partial) >= 2, (partial, len(reply))
+    assert len(partial) >= 1, (partial, len(reply))
     assert "tokens" in page.inner_text("#status")  # the usage chunk was read
 
 
