@@ -30,8 +30,10 @@ def tavern(sillytavern_url):
     return sillytavern_url
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def page(tavern):
+    """One page for the module, as a user keeps one tab open: loading SillyTavern's page takes about 5 s here, and
+    each test connects again (the type it tests) and sets the sampler fields it relies on."""
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -63,10 +65,22 @@ def connect(page, backend, api_type: str) -> None:
     page.click("#API-status-top")  # the drawer closes
 
 
-def send(page, message: str) -> tuple[list[dict], str, str]:
-    """A message from the chat box: (the bodies the page sent, the reply in SillyTavern's chat, the text shown)."""
-    sent = []
-    page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith(GENERATE) else None)
+@pytest.fixture
+def sent(page):
+    """The bodies the page sends to SillyTavern's generate route during one test."""
+    bodies: list[dict] = []
+
+    def note(request) -> None:
+        if request.url.endswith(GENERATE):
+            bodies.append(request.post_data_json)
+
+    page.on("request", note)
+    yield bodies
+    page.remove_listener("request", note)
+
+
+def send(page, message: str) -> tuple[str, str]:
+    """A message from the chat box: (the reply in SillyTavern's chat, the text shown)."""
     page.fill("#send_textarea", message)
     page.click("#send_but")
     # SillyTavern's chat array: its welcome messages, then ours, then the reply once generation has ended
@@ -78,7 +92,7 @@ def send(page, message: str) -> tuple[list[dict], str, str]:
         const mine = chat.findIndex(m => m.is_user && m.mes === message);
         return chat.slice(mine + 1).find(m => !m.is_user && !m.is_system).mes; }""", message)
     shown = page.locator("#chat .mes").last.locator(".mes_text").inner_text()
-    return sent, reply, shown
+    return reply, shown
 
 
 def resent(backend, body: dict) -> str:
@@ -89,13 +103,13 @@ def resent(backend, body: dict) -> str:
 
 
 @pytest.mark.parametrize(("api_type", "streaming"), [("ooba", False), ("llamacpp", True), ("koboldcpp", True)])
-def test_sillytavern_ui_chats_through_each_local_type(page, backend, api_type, streaming):
+def test_sillytavern_ui_chats_through_each_local_type(page, sent, backend, api_type, streaming):
     connect(page, backend, api_type)
     # the sampler panel's seed and streaming switch, as its inputs set them
     page.evaluate("""s => { $('#seed_textgenerationwebui').val(7).trigger('input');
                             $('#streaming_textgenerationwebui').prop('checked', s).trigger('input'); }""", streaming)
     message = f"Hello there, who are you? ({api_type})"  # one chat goes on over the tests: each its own line
-    sent, reply, shown = send(page, message)
+    reply, shown = send(page, message)
 
     assert len(sent) == 1
     body = sent[0]
@@ -107,14 +121,14 @@ def test_sillytavern_ui_chats_through_each_local_type(page, backend, api_type, s
     assert shown.split()[:3] == text.split()[:3]  # the page shows it (markdown rendering aside)
 
 
-def test_a_quoted_line_in_the_banned_box_never_reaches_the_chat(page, backend):
+def test_a_quoted_line_in_the_banned_box_never_reaches_the_chat(page, sent, backend):
     """SillyTavern's Banned Tokens/Strings box: a line in quotes is sent as a banned string. Banning the letter e
     takes back every token that would write one, streamed; the chat shows a reply without it."""
     connect(page, backend, "ooba")
     page.evaluate("""() => { $('#seed_textgenerationwebui').val(7).trigger('input');
                              $('#streaming_textgenerationwebui').prop('checked', true).trigger('input');
                              $('#banned_tokens_textgenerationwebui').val('"e"').trigger('input'); }""")
-    sent, reply, _ = send(page, "Tell me about the forest here, please.")
+    reply, _ = send(page, "Tell me about the forest here, please.")
     assert sent[0]["banned_strings"] == ["e"]
     assert reply.strip() and "e" not in reply.lower()
     assert reply.strip() == resent(backend, sent[0]).strip()
@@ -129,13 +143,13 @@ def cancelled(backend) -> float:
     raise AssertionError("no cancelled-requests counter in /metrics")
 
 
-def test_swipe_and_stop_in_sillytavern_page(page, backend):
+def test_swipe_and_stop_in_sillytavern_page(page, sent, backend):
     """A swipe (the arrow on the last reply) sends the same prompt again and shows the new reply as a second swipe;
     Stop during a streamed reply ends it, and the server stops decoding it (its metrics count it cancelled)."""
     connect(page, backend, "llamacpp")
     page.evaluate("""() => { $('#seed_textgenerationwebui').val(-1).trigger('input');
                              $('#streaming_textgenerationwebui').prop('checked', true).trigger('input'); }""")
-    sent, first, _ = send(page, "Tell me a story about the river.")
+    first, _ = send(page, "Tell me a story about the river.")
     page.locator("#chat .last_mes .swipe_right").click()
     page.wait_for_function("""() => { const m = SillyTavern.getContext().chat.at(-1);
         return m.swipes?.length === 2 && m.swipes[1] && $('#mes_stop').is(':hidden'); }""")

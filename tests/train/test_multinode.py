@@ -1,7 +1,7 @@
 """Several nodes through torchrun's rendezvous, as two launchers on loopback (gloo, one CPU process each): the run
 equals one node of two processes, tensor for tensor; node 1 killed with SIGKILL after a checkpoint and both resumed
-end with an uninterrupted run's weights; a node with another recipe or an output folder of its own is refused before
-training, naming the difference; the launcher's own checks say what is wrong before anything starts."""
+end with an uninterrupted run's weights; a node with another recipe and an output folder of its own is refused before
+training, naming both differences; the launcher's own checks say what is wrong before anything starts."""
 
 import json
 import os
@@ -15,13 +15,9 @@ import time
 import pytest
 
 from tests.serve.conftest import free_port
+from tests.train.conftest import ONE_THREAD as ENV
+from tests.train.conftest import TWO_PROCESS_STEPS as STEPS
 from tests.train.conftest import kill_when
-
-# One thread a process in every run: torchrun sets it for --nproc 2 on one node, not for one process a node, and a
-# thread count of its own would sum the matmuls in another order.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-STEPS = {"max_steps": 12, "save_steps": 4, "save_total_limit": 10, "micro_batch_size": 1, "lr_scheduler": "cosine",
-         "warmup_steps": 2}
 
 
 def _train(recipe, out, *args, cache=None):
@@ -63,9 +59,9 @@ def _equal(a, b):
 
 
 @pytest.mark.slow
-def test_two_nodes_train_as_one_node_of_two_processes_and_resume_after_node_1_is_killed(small_recipe, tmp_path):
-    one_node = tmp_path / "one-node"
-    _finish(_train(small_recipe(**STEPS), one_node, "--nproc", "2"))
+def test_two_nodes_train_as_one_node_of_two_processes_and_resume_after_node_1_is_killed(small_recipe, two_process_run,
+                                                                                         tmp_path):
+    one_node = two_process_run  # one node of two processes, the same recipe
 
     # Each node with a cache of its own: each launcher prepares the data and the base model's tokens itself.
     recipe = small_recipe(**STEPS, dataset_prepared_path=None)
@@ -93,25 +89,22 @@ def test_two_nodes_train_as_one_node_of_two_processes_and_resume_after_node_1_is
 
 
 @pytest.mark.slow
-def test_a_node_with_another_recipe_or_its_own_output_folder_is_refused(small_recipe, tmp_path):
+def test_a_node_with_another_recipe_and_its_own_output_folder_is_refused(small_recipe, tmp_path):
+    """Through the c10d rendezvous, which picks rank 0 itself, so either node may be "node 1". Node 1's --out stands
+    for a node-local folder that node 0's files are not in; each node says both problems, and neither trains."""
     recipe = small_recipe(**STEPS)
-    port = free_port()
-    errs = _finish(_node(recipe, tmp_path / "run", 0, port),
-                   _node(recipe, tmp_path / "run", 1, port, "--set", "learning_rate=0.001"), ok=False)
-    for err in errs:  # every node says why, and neither trained
-        assert "the nodes disagree, so training does not start" in err
-        assert "node 1" in err and "learning_rate: 0.001 on node 1, 0.003 on rank 0" in err
-    assert not (tmp_path / "run" / "model").exists() and not list((tmp_path / "run").glob("checkpoint-*"))
-
-    # The c10d rendezvous this time; node 1's --out stands for a node-local folder that node 0's files are not in.
     endpoint = f"127.0.0.1:{free_port()}"
-    procs = [_train(recipe, tmp_path / out, "--nnodes", "2", "--rdzv-endpoint", endpoint, "--rdzv-id", "t")
-             for out in ("shared", "local")]
+    procs = [_train(recipe, tmp_path / out, "--nnodes", "2", "--rdzv-endpoint", endpoint, "--rdzv-id", "t", *extra)
+             for out, extra in (("shared", ()), ("local", ("--set", "learning_rate=0.001")))]
     errs = _finish(*procs, ok=False)
     assert all(p.returncode != 0 for p in procs)
     for err in errs:
-        assert "the output folder is not shared" in err and str(tmp_path / "local") in err
-    assert not (tmp_path / "shared" / "model").exists() and not (tmp_path / "local" / "model").exists()
+        assert "the nodes disagree, so training does not start" in err, err[-3000:]
+        assert re.search(r"learning_rate: (0\.001 on node 1, 0\.003|0\.003 on node 1, 0\.001) on rank 0", err), err
+        assert "the output folder is not shared" in err
+        assert str(tmp_path / "local") in err and str(tmp_path / "shared") in err
+    for out in ("shared", "local"):
+        assert not (tmp_path / out / "model").exists() and not list((tmp_path / out).glob("checkpoint-*"))
 
 
 @pytest.mark.parametrize(("nodes", "message"), [

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.train.conftest import kill_when
+from tests.train.conftest import TWO_PROCESS_STEPS, kill_when
 
 
 def _launch(recipe, out, *extra):
@@ -32,7 +32,8 @@ def _tensors(path):
 
 
 @pytest.mark.slow
-def test_two_process_full_run_saves_the_gathered_weights_and_resumes_after_sigkill(small_recipe, tmp_path):
+def test_two_process_full_run_saves_the_gathered_weights_and_resumes_after_sigkill(small_recipe, two_process_run,
+                                                                                   tmp_path):
     """Two processes log the losses of one process at the same global batch. The final model/ is the trainer's
     gathering save: it loads in plain transformers and equals the last checkpoint tensor for tensor. A
     2-process run killed (launcher and ranks) after a checkpoint and resumed ends with the weights of an
@@ -42,27 +43,24 @@ def test_two_process_full_run_saves_the_gathered_weights_and_resumes_after_sigki
     import torch
     from transformers import AutoModelForCausalLM
 
-    keys = {"max_steps": 8, "save_steps": 2, "save_total_limit": 10, "micro_batch_size": 1,
-            "lr_scheduler": "cosine", "warmup_steps": 2}
-    one = small_recipe(**keys, gradient_accumulation_steps=2)
+    one = small_recipe(**TWO_PROCESS_STEPS | {"gradient_accumulation_steps": 2})
     assert subprocess.call([sys.executable, "-m", "openhermes.cli", "train", str(one), "--out", str(tmp_path / "one"),
                             "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) == 0
-    recipe = small_recipe(**keys)
-    straight = tmp_path / "straight"
-    _finish(_launch(recipe, straight))
+    straight = two_process_run
 
     def losses(d):
         return [r["loss"] for r in map(json.loads, (d / "log.jsonl").read_text().splitlines()) if "loss" in r]
 
-    assert len(losses(tmp_path / "one")) == len(losses(straight)) == 8
+    assert len(losses(tmp_path / "one")) == len(losses(straight)) == 12
     assert losses(tmp_path / "one") == pytest.approx(losses(straight), rel=2e-3)
     final = _tensors(straight / "model" / "model.safetensors")
-    last = _tensors(straight / "checkpoint-8" / "model.safetensors")
+    last = _tensors(straight / "checkpoint-12" / "model.safetensors")
     assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in final)
     model = AutoModelForCausalLM.from_pretrained(straight / "model")
     assert all(torch.equal(model.state_dict()[k], final[k]) for k in final)
     assert (straight / "model" / "tokenizer.json").exists() and not (straight / ".staging").exists()
 
+    recipe = small_recipe(**TWO_PROCESS_STEPS)
     cut = tmp_path / "cut"
     proc = _launch(recipe, cut)
     kill_when(proc, cut / "checkpoint-4", lambda: os.killpg(proc.pid, signal.SIGKILL))
