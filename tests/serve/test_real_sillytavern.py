@@ -1,5 +1,6 @@
 """A real SillyTavern server (its own node process and request code) between the client and `openhermes serve`, for
-each local text-completion type: connect, count tokens, generate, stream. SillyTavern is not a dependency:
+each local text-completion type (connect, count tokens, generate, stream) and for Chat Completion's Custom
+(OpenAI-compatible) source. SillyTavern is not a dependency:
 `scripts/setup.sh --dev` installs its npm release (tests/serve/sillytavern.py); without it this skips."""
 
 import json
@@ -31,16 +32,21 @@ def reply_text(data: dict) -> str:
     return data.get("choices", [{}])[0].get("text") if "choices" in data else data.get("content", "")
 
 
-def streamed_text(tavern, body: dict) -> str:
-    """SillyTavern's stream reader (textgen-settings.js): each event's choices[0].text or content."""
+def streamed(tavern, route: str, body: dict, piece) -> str:
+    """The text of a stream through SillyTavern's `route`: `piece(event)` for each event, as its reader takes it."""
     text = ""
-    with tavern.stream("POST", "/api/backends/text-completions/generate", json=body | {"stream": True}) as r:
+    with tavern.stream("POST", route, json=body | {"stream": True}) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
-                data = json.loads(line[6:])
-                text += (data.get("choices") or [{}])[0].get("text") or data.get("content") or ""
+                text += piece(json.loads(line[6:])) or ""
     return text
+
+
+def streamed_text(tavern, body: dict) -> str:
+    """SillyTavern's text-completion stream reader (textgen-settings.js): each event's choices[0].text or content."""
+    return streamed(tavern, "/api/backends/text-completions/generate", body,
+                    lambda data: (data.get("choices") or [{}])[0].get("text") or data.get("content"))
 
 
 @pytest.mark.parametrize("api_type", TYPES)
@@ -79,3 +85,57 @@ def test_each_type_through_sillytavern(tavern, backend, api_type, chat_model_dir
         assert data["truncated"] is True
     else:
         assert data["usage"]["truncated_prompt_tokens"] > 0
+
+
+def chat_completion_body(backend, **settings) -> dict:
+    """What SillyTavern's page sends for Chat Completion -> Custom (OpenAI-compatible) (openai.js,
+    createGenerationParameters): its prompt manager's messages, with the example dialogue as named system messages,
+    the sampler panel's values and the custom source's fields."""
+    return {
+        "type": "normal", "chat_completion_source": "custom", "custom_url": backend.url + "/v1", "model": "tiny-chat",
+        "messages": [
+            {"role": "system", "content": "Write Hermes's next reply in a fictional chat between Hermes and Ann."},
+            {"role": "system", "content": "[Start a new Chat]"},
+            {"role": "system", "name": "example_user", "content": "What is 2 + 3?"},
+            {"role": "system", "name": "example_assistant", "content": "5"},
+            {"role": "user", "content": "Hello there, who are you?"}],
+        "temperature": 1, "frequency_penalty": 0, "presence_penalty": 0, "top_p": 1, "max_tokens": 40,
+        "stream": False, "seed": 7, "user_name": "Ann", "char_name": "Hermes", "group_names": [],
+        "include_reasoning": False, "reasoning_effort": "auto", "enable_web_search": False, "request_images": False,
+        "request_image_resolution": "", "request_image_aspect_ratio": "", "custom_prompt_post_processing": "",
+        "verbosity": "auto", "custom_include_body": "", "custom_exclude_body": "", "custom_include_headers": "",
+    } | settings
+
+
+def streamed_chat_text(tavern, body: dict) -> str:
+    """SillyTavern's Chat Completion stream reader (openai.js): each event's choices[0].delta.content."""
+    return streamed(tavern, "/api/backends/chat-completions/generate", body,
+                    lambda data: (data["choices"] or [{}])[0].get("delta", {}).get("content"))
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["no key", "api key"])
+def test_chat_completion_custom_source_through_sillytavern(tavern, open_server, server, keyed):
+    """Chat Completion -> Custom (OpenAI-compatible), pointed at `openhermes serve`'s /v1: SillyTavern lists the model
+    from /v1/models and forwards the chat to /v1/chat/completions, streamed and not. Without a key in its secrets it
+    sends `Authorization: Bearer undefined`, which a server without --api-key takes; with the key stored in
+    SillyTavern's secrets, the keyed server answers."""
+    from tests.serve.conftest import API_KEY
+
+    backend = server if keyed else open_server
+    tavern.post("/api/secrets/write", json={"key": "api_key_custom", "value": API_KEY if keyed else ""})
+    status = tavern.post("/api/backends/chat-completions/status",
+                         json={"chat_completion_source": "custom", "custom_url": backend.url + "/v1"})
+    assert status.status_code == 200, status.text
+    assert [m["id"] for m in status.json()["data"]] == ["tiny-chat"]
+
+    body = chat_completion_body(backend)
+    data = tavern.post("/api/backends/chat-completions/generate", json=body).json()
+    assert "error" not in data, data
+    text = data["choices"][0]["message"]["content"]
+    # the reference: the fields SillyTavern's server forwards (chat-completions.js), sent straight to the server
+    forwarded = {k: body[k] for k in ("messages", "model", "temperature", "max_tokens", "stream", "presence_penalty",
+                                      "frequency_penalty", "top_p", "seed")}
+    direct = httpx.post(backend.url + "/v1/chat/completions", json=forwarded, headers=backend.headers, timeout=120)
+    assert direct.status_code == 200, direct.text
+    assert text == direct.json()["choices"][0]["message"]["content"] and text.strip()
+    assert streamed_chat_text(tavern, body) == text
