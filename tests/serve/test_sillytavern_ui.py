@@ -102,6 +102,59 @@ def resent(backend, body: dict) -> str:
     return direct.json()["choices"][0]["text"]
 
 
+CHAT_GENERATE = "/api/backends/chat-completions/generate"
+# What SillyTavern's server forwards of the page's body to the custom source's /chat/completions (chat-completions.js)
+FORWARDED = ("messages", "model", "temperature", "max_tokens", "presence_penalty", "frequency_penalty", "top_p", "stop",
+             "logit_bias", "seed", "n")
+
+
+def open_api_drawer(page) -> None:
+    """API Connections, opened unless it is open already (a click on its icon toggles it)."""
+    if not page.locator("#main_api").is_visible():
+        page.click("#API-status-top")
+    page.locator("#main_api").wait_for(state="visible")
+
+
+def test_sillytavern_ui_chats_through_chat_completion_custom(page, backend):
+    """API Connections -> Chat Completion -> Custom (OpenAI-compatible) -> the server's /v1 -> Connect: SillyTavern
+    picks the model from /v1/models, and a message from the chat box, streamed, gets the reply the server gives to
+    the fields SillyTavern forwards. First in the module, while the chat is short: this source sends no context size,
+    and the page's own count (a tokenizer chosen by the model's name) is not the model's."""
+    sent = []
+
+    def note(request) -> None:
+        if request.url.endswith(CHAT_GENERATE):
+            sent.append(request.post_data_json)
+
+    page.on("request", note)
+    open_api_drawer(page)
+    page.select_option("#main_api", "openai")
+    page.select_option("#chat_completion_source", "custom")
+    page.fill("#custom_api_url_text", backend.url + "/v1")
+    page.click("#api_button_openai")
+    page.wait_for_function("$('#model_custom_select').val() === 'tiny-chat'")  # the list SillyTavern fetched
+    page.click("#API-status-top")
+    page.evaluate("""() => { $('#seed_openai').val(7).trigger('input');
+                             $('#stream_toggle').prop('checked', true).trigger('input');
+                             $('#openai_max_tokens').val(60).trigger('input'); }""")
+    try:
+        reply, _ = send(page, "Tell me about the forest, please.")
+    finally:
+        page.remove_listener("request", note)
+        open_api_drawer(page)
+        page.select_option("#main_api", "textgenerationwebui")  # the text-completion API the other tests use
+        page.click("#API-status-top")
+    assert len(sent) == 1
+    body = sent[0]
+    assert body["chat_completion_source"] == "custom" and body["model"] == "tiny-chat" and body["stream"] is True
+    assert body["seed"] == 7 and body["messages"][-1] == {"role": "user", "content": "Tell me about the forest, please."}
+    direct = httpx.post(backend.url + "/v1/chat/completions", json={k: body[k] for k in FORWARDED if k in body},
+                        timeout=120)
+    assert direct.status_code == 200, direct.text
+    text = direct.json()["choices"][0]["message"]["content"]
+    assert text.strip() and reply.strip() == text.strip()
+
+
 @pytest.mark.parametrize(("api_type", "streaming"), [("ooba", False), ("llamacpp", True), ("koboldcpp", True)])
 def test_sillytavern_ui_chats_through_each_local_type(page, sent, backend, api_type, streaming):
     connect(page, backend, api_type)
@@ -174,3 +227,4 @@ def test_swipe_and_stop_in_sillytavern_page(page, sent, backend):
         page.wait_for_timeout(100)
     assert cancelled(backend) == before + 1
     assert len(sent) == 3 and sent[2]["ban_eos_token"] is True
+
