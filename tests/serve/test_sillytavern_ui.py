@@ -18,6 +18,7 @@ pytestmark = [needs_sillytavern, pytest.mark.skipif(shutil.which(CHROMIUM) is No
 URL_FIELD = {"ooba": "#textgenerationwebui_api_url_text", "llamacpp": "#llamacpp_api_url_text",
              "koboldcpp": "#koboldcpp_api_url_text"}
 GENERATE = "/api/backends/text-completions/generate"
+CHAT_GENERATE = "/api/backends/chat-completions/generate"
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +68,11 @@ def connect(page, backend, api_type: str) -> None:
 
 @pytest.fixture
 def sent(page):
-    """The bodies the page sends to SillyTavern's generate route during one test."""
+    """The bodies the page sends to SillyTavern's generate routes (text and chat completion) during one test."""
     bodies: list[dict] = []
 
     def note(request) -> None:
-        if request.url.endswith(GENERATE):
+        if request.url.endswith((GENERATE, CHAT_GENERATE)):
             bodies.append(request.post_data_json)
 
     page.on("request", note)
@@ -102,7 +103,6 @@ def resent(backend, body: dict) -> str:
     return direct.json()["choices"][0]["text"]
 
 
-CHAT_GENERATE = "/api/backends/chat-completions/generate"
 # What SillyTavern's server forwards of the page's body to the custom source's /chat/completions (chat-completions.js)
 FORWARDED = ("messages", "model", "temperature", "max_tokens", "presence_penalty", "frequency_penalty", "top_p", "stop",
              "logit_bias", "seed", "n")
@@ -115,18 +115,12 @@ def open_api_drawer(page) -> None:
     page.locator("#main_api").wait_for(state="visible")
 
 
-def test_sillytavern_ui_chats_through_chat_completion_custom(page, backend):
+def test_sillytavern_ui_chats_through_chat_completion_custom(page, sent, backend):
     """API Connections -> Chat Completion -> Custom (OpenAI-compatible) -> the server's /v1 -> Connect: SillyTavern
     picks the model from /v1/models, and a message from the chat box, streamed, gets the reply the server gives to
-    the fields SillyTavern forwards. First in the module, while the chat is short: this source sends no context size,
-    and the page's own count (a tokenizer chosen by the model's name) is not the model's."""
-    sent = []
-
-    def note(request) -> None:
-        if request.url.endswith(CHAT_GENERATE):
-            sent.append(request.post_data_json)
-
-    page.on("request", note)
+    the fields SillyTavern forwards. It runs first in the module, while the chat is short: this source sends no
+    context size to cut to, and the page counts with a tokenizer of its own, so a chat past the model's window would
+    get the server's 400 (docs/chat.md: `serve --truncate keep-system`)."""
     open_api_drawer(page)
     page.select_option("#main_api", "openai")
     page.select_option("#chat_completion_source", "custom")
@@ -140,7 +134,6 @@ def test_sillytavern_ui_chats_through_chat_completion_custom(page, backend):
     try:
         reply, _ = send(page, "Tell me about the forest, please.")
     finally:
-        page.remove_listener("request", note)
         open_api_drawer(page)
         page.select_option("#main_api", "textgenerationwebui")  # the text-completion API the other tests use
         page.click("#API-status-top")
