@@ -19,6 +19,10 @@ CHECKOUT = Path(os.environ.get("OPENHERMES_SILLYTAVERN", ROOT / ".sillytavern" /
 # npm hoists SillyTavern's dependencies to the node_modules folder it sits in; a git checkout has its own
 AVAILABLE = ((CHECKOUT / "server.js").exists() and shutil.which("node") is not None
              and any((p / "node_modules").exists() for p in (CHECKOUT, CHECKOUT.parent.parent)))
+# What SillyTavern's server forwards of a Chat Completion body to a Custom source's /chat/completions
+# (src/endpoints/backends/chat-completions.js); the other fields are its own.
+CUSTOM_SOURCE_FIELDS = ("messages", "model", "temperature", "max_tokens", "stream", "presence_penalty",
+                        "frequency_penalty", "top_p", "stop", "logit_bias", "seed", "n")
 needs_sillytavern = pytest.mark.skipif(not AVAILABLE, reason="no SillyTavern (scripts/setup.sh --dev installs it "
                                        "with npm; or set OPENHERMES_SILLYTAVERN to a checkout with node_modules)")
 

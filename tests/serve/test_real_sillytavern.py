@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from tests.serve.sillytavern import needs_sillytavern
+from tests.serve.sillytavern import CUSTOM_SOURCE_FIELDS, needs_sillytavern
 from tests.serve.test_clients import sillytavern_body
 from tests.serve.test_sillytavern_types import CARD
 
@@ -133,8 +133,7 @@ def test_chat_completion_custom_source_through_sillytavern(tavern, open_server, 
     assert "error" not in data, data
     text = data["choices"][0]["message"]["content"]
     # the reference: the fields SillyTavern's server forwards (chat-completions.js), sent straight to the server
-    forwarded = {k: body[k] for k in ("messages", "model", "temperature", "max_tokens", "stream", "presence_penalty",
-                                      "frequency_penalty", "top_p", "seed")}
+    forwarded = {k: body[k] for k in CUSTOM_SOURCE_FIELDS if k in body}
     direct = httpx.post(backend.url + "/v1/chat/completions", json=forwarded, headers=backend.headers, timeout=120)
     assert direct.status_code == 200, direct.text
     assert text == direct.json()["choices"][0]["message"]["content"] and text.strip()

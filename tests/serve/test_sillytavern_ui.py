@@ -10,7 +10,7 @@ import shutil
 import httpx
 import pytest
 
-from tests.serve.sillytavern import needs_sillytavern
+from tests.serve.sillytavern import CUSTOM_SOURCE_FIELDS, needs_sillytavern
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [needs_sillytavern, pytest.mark.skipif(shutil.which(CHROMIUM) is None,
@@ -51,6 +51,13 @@ def page(tavern):
             page.locator("dialog.popup").wait_for(state="detached")
         yield page
         browser.close()
+
+
+def open_api_drawer(page) -> None:
+    """API Connections, opened unless it is open already (a click on its icon toggles it)."""
+    if not page.locator("#main_api").is_visible():
+        page.click("#API-status-top")
+    page.locator("#main_api").wait_for(state="visible")
 
 
 def connect(page, backend, api_type: str) -> None:
@@ -103,18 +110,6 @@ def resent(backend, body: dict) -> str:
     return direct.json()["choices"][0]["text"]
 
 
-# What SillyTavern's server forwards of the page's body to the custom source's /chat/completions (chat-completions.js)
-FORWARDED = ("messages", "model", "temperature", "max_tokens", "presence_penalty", "frequency_penalty", "top_p", "stop",
-             "logit_bias", "seed", "n")
-
-
-def open_api_drawer(page) -> None:
-    """API Connections, opened unless it is open already (a click on its icon toggles it)."""
-    if not page.locator("#main_api").is_visible():
-        page.click("#API-status-top")
-    page.locator("#main_api").wait_for(state="visible")
-
-
 def test_sillytavern_ui_chats_through_chat_completion_custom(page, sent, backend):
     """API Connections -> Chat Completion -> Custom (OpenAI-compatible) -> the server's /v1 -> Connect: SillyTavern
     picks the model from /v1/models, and a message from the chat box, streamed, gets the reply the server gives to
@@ -141,8 +136,8 @@ def test_sillytavern_ui_chats_through_chat_completion_custom(page, sent, backend
     body = sent[0]
     assert body["chat_completion_source"] == "custom" and body["model"] == "tiny-chat" and body["stream"] is True
     assert body["seed"] == 7 and body["messages"][-1] == {"role": "user", "content": "Tell me about the forest, please."}
-    direct = httpx.post(backend.url + "/v1/chat/completions", json={k: body[k] for k in FORWARDED if k in body},
-                        timeout=120)
+    forwarded = {k: body[k] for k in CUSTOM_SOURCE_FIELDS if k in body} | {"stream": False}
+    direct = httpx.post(backend.url + "/v1/chat/completions", json=forwarded, timeout=120)
     assert direct.status_code == 200, direct.text
     text = direct.json()["choices"][0]["message"]["content"]
     assert text.strip() and reply.strip() == text.strip()
@@ -220,4 +215,3 @@ def test_swipe_and_stop_in_sillytavern_page(page, sent, backend):
         page.wait_for_timeout(100)
     assert cancelled(backend) == before + 1
     assert len(sent) == 3 and sent[2]["ban_eos_token"] is True
-
