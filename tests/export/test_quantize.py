@@ -78,12 +78,14 @@ def test_every_k_quant_loads_and_starts_like_f16(exports):
         assert is_openhermes_gguf(files[t])  # our metadata survives llama.cpp's quantizer
         same = sum(a[0] == b[0] for a, b in zip(ref, greedy(files[t]), strict=True))
         # Agreement, not identity: the CPU's rounding (in training and in llama.cpp's kernels) moves a first token
-        # here and there (measured: 23 or 24 of 24 for every type on an AMD EPYC with AVX2; one of 4 for Q2_K on an
-        # AVX-512 Xeon); a broken quantization agrees on almost none.
-        assert same >= 0.75 * len(ref), (t, same)
+        # here and there. Measured over this fixture's seeds 42, 1-5 on an AMD EPYC Zen 5 (AVX-512): Q2_K 17-24 of
+        # 24, every other type 21-24; an untrained model of this shape agrees on 0. Q2_K's 2 bits get a floor of
+        # their own (15), the others 18; KL orders the types (next test).
+        assert same >= FIRST_TOKEN_FLOOR.get(t, 0.75) * len(ref), (t, same)
 
 
 PROMPTS = 24
+FIRST_TOKEN_FLOOR = {"Q2_K": 0.625}  # of the prompts; 0.75 for every other type
 
 
 def test_perplexity_and_kl_are_ordered_by_precision(exports):
