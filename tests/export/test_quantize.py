@@ -81,11 +81,11 @@ def test_every_k_quant_loads_and_starts_like_f16(exports):
         # here and there. Measured over this fixture's seeds 42, 1-5 on an AMD EPYC Zen 5 (AVX-512): Q2_K 17-24 of
         # 24, every other type 21-24; an untrained model of this shape agrees on 0. Q2_K's 2 bits get a floor of
         # their own (15), the others 18; KL orders the types (next test).
-        assert same >= FIRST_TOKEN_FLOOR.get(t, 0.75) * len(ref), (t, same)
+        assert same >= FIRST_TOKEN_FLOOR[t] * len(ref), (t, same)
 
 
 PROMPTS = 24
-FIRST_TOKEN_FLOOR = {"Q2_K": 0.625}  # of the prompts; 0.75 for every other type
+FIRST_TOKEN_FLOOR = {t: 0.75 for t in K_TYPES} | {"Q2_K": 0.625}  # of the prompts
 
 
 def test_perplexity_and_kl_are_ordered_by_precision(exports):
