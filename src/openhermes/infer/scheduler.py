@@ -41,7 +41,10 @@ class Scheduler:
         self.batch = engine.new_batch()
         self.cond = threading.Condition()
         self.stopped = False
-        self.joining = 0  # taken from the queue, being prefilled into the batch (in neither)
+        # places taken in the batch as of the last scheduling decision: its rows plus those being prefilled into
+        # it. Kept apart from len(self.batch), which grows row by row during a prefill: the two summed would count
+        # those rows twice and refuse requests that have a place
+        self.seated = 0
         self.progress_at = time.monotonic()  # the last step, or when work arrived at an idle scheduler
         self.thread = threading.Thread(target=self._run, name="openhermes-scheduler", daemon=True)
         self.thread.start()
@@ -75,7 +78,7 @@ class Scheduler:
         with self.cond:
             # max_queue counts requests waiting for a place in the batch: those that will join it at the next
             # step (free places) are not waiting, however fast they arrived
-            free = max(0, self.max_batch_size - len(self.batch) - self.joining)
+            free = max(0, self.max_batch_size - self.seated)
             if len(self.waiting) >= self.max_queue + free:
                 raise QueueFull(f"the server is busy: {len(self.waiting) - free} requests are already waiting "
                                 f"for the {self.max_batch_size} places in the batch")
@@ -110,26 +113,26 @@ class Scheduler:
                     return
                 joining = [self.waiting.popleft()
                            for _ in range(min(len(self.waiting), self.max_batch_size - len(self.batch)))]
-                self.joining = len(joining)
+                self.seated = len(self.batch) + len(joining)
             try:
                 if joining:
                     with self.threads.prefilling() if self.threads is not None else contextlib.nullcontext():
                         self.batch.add_many(joining)
-                with self.cond:
-                    self.joining = 0
                 rows = len(self.batch)
                 self.batch.step()
+                with self.cond:  # the rows that finished in this step free their places
+                    self.seated = len(self.batch)
                 self.progress_at = time.monotonic()
                 if self.on_step is not None and rows:
                     self.on_step(rows)
             except Exception as e:  # a model failure must not kill the worker: fail its requests instead
                 log.exception("generation failed")
-                with self.cond:
-                    self.joining = 0
                 for seq in [*joining, *self.batch.rows]:
                     if not seq.done:
                         seq.fail(f"generation failed: {type(e).__name__}: {e}")
                 self.batch = self.engine.new_batch()
+                with self.cond:
+                    self.seated = 0
                 time.sleep(0.01)
 
 

@@ -125,7 +125,8 @@ async def run(state: ServerState, request: Request, gens: list[GenerationRequest
                 yield shape.event(shape.chunk(rid, created, shape.closing(i, results[i]), include_usage))
             first, last = True, 0.0
             while len(results) < len(gens):
-                texts, ends = await _drain(events, one=bool(pace))
+                # the first text goes alone, however much the decoder has made meanwhile: the reply starts at once
+                texts, ends = await _drain(events, one=bool(pace) or first)
                 for i, text in texts.items():
                     lps = seqs[i].logprobs
                     new = lps[sent[i]:] if lps is not None else None
