@@ -20,7 +20,12 @@ def test_free_places_are_not_counted_twice_while_a_prefill_lands(engine, monkeyp
     prefill = Batch._prefill_in_place
 
     def pausing_prefill(self, group):
-        pause = first if not first[0].is_set() else window if len(self.rows) >= 2 and not window[0].is_set() else None
+        if not first[0].is_set():
+            pause = first
+        elif len(self.rows) >= 2 and not window[0].is_set():
+            pause = window
+        else:
+            pause = None
         if pause is not None:
             pause[0].set()
             pause[1].wait(30)
